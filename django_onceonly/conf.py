@@ -1,0 +1,72 @@
+"""Settings, read live from ``django.conf.settings`` each time they are used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    "ONCEONLY_STORE": "django_onceonly.stores.DatabaseStore",
+    "ONCEONLY_DATABASE": "default",
+    "ONCEONLY_REDIS_CACHE": "default",
+    "ONCEONLY_TTL": 86400,
+    "ONCEONLY_LEASE": 300,
+    "ONCEONLY_AFTER_LEASE": "reclaim",
+    "ONCEONLY_ON_STORE_ERROR": "raise",
+    "ONCEONLY_MAX_RESULT_BYTES": 1048576,
+    "ONCEONLY_API_SCOPE": None,
+}
+
+AFTER_LEASE_CHOICES = ("reclaim", "hold")
+ON_STORE_ERROR_CHOICES = ("raise", "run")
+
+
+class Settings:
+    """Typed access to the ``ONCEONLY_*`` settings; never cached, so ``override_settings`` works."""
+
+    def _get(self, name: str) -> Any:
+        return getattr(settings, name, DEFAULTS[name])
+
+    @property
+    def ONCEONLY_STORE(self) -> str:
+        return str(self._get("ONCEONLY_STORE"))
+
+    @property
+    def ONCEONLY_DATABASE(self) -> str:
+        return str(self._get("ONCEONLY_DATABASE"))
+
+    @property
+    def ONCEONLY_REDIS_CACHE(self) -> str:
+        return str(self._get("ONCEONLY_REDIS_CACHE"))
+
+    @property
+    def ONCEONLY_TTL(self) -> float | None:
+        value: float | None = self._get("ONCEONLY_TTL")
+        return value
+
+    @property
+    def ONCEONLY_LEASE(self) -> float:
+        value: float = self._get("ONCEONLY_LEASE")
+        return value
+
+    @property
+    def ONCEONLY_AFTER_LEASE(self) -> str:
+        return str(self._get("ONCEONLY_AFTER_LEASE"))
+
+    @property
+    def ONCEONLY_ON_STORE_ERROR(self) -> str:
+        return str(self._get("ONCEONLY_ON_STORE_ERROR"))
+
+    @property
+    def ONCEONLY_MAX_RESULT_BYTES(self) -> int:
+        value: int = self._get("ONCEONLY_MAX_RESULT_BYTES")
+        return value
+
+    @property
+    def ONCEONLY_API_SCOPE(self) -> str | None:
+        value: str | None = self._get("ONCEONLY_API_SCOPE")
+        return value
+
+
+conf = Settings()

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ...keys import validate_key, validate_scope
+from ...stores import get_store
+
+
+class Command(BaseCommand):
+    help = "Release an intent so that it may run again (deletes its record)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("key")
+        parser.add_argument("--scope", default="", help="the key's scope (default: empty)")
+
+    def handle(self, *args: Any, key: str, scope: str, **options: Any) -> None:
+        validate_key(key)
+        validate_scope(scope)
+        if not get_store().force_release(scope, key):
+            raise CommandError(f"No record for key {key!r} in scope {scope!r}.")
+        self.stdout.write(f"Released {key!r} (scope {scope!r}).")

@@ -1,0 +1,109 @@
+"""The one model: :class:`IdempotencyRecord`, a row per intent."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+class Status(models.TextChoices):
+    IN_PROGRESS = "in_progress", _("in progress")
+    COMPLETED = "completed", _("completed")
+    FAILED = "failed", _("failed")
+    UNKNOWN = "unknown", _("unknown")
+
+
+class ExactCharField(models.CharField):  # type: ignore[type-arg]
+    """A ``CharField`` compared byte for byte on every database.
+
+    MySQL and MariaDB compare strings case-insensitively and ignore trailing spaces by
+    default, which would make ``"Order-1"`` and ``"order-1 "`` one key. The column gets
+    a binary, no-pad collation there; other databases already compare exactly. The
+    collation is decided per connection, so it never shows up in migrations.
+    """
+
+    def db_parameters(self, connection: BaseDatabaseWrapper) -> dict[str, Any]:
+        params = super().db_parameters(connection)
+        if connection.vendor == "mysql":
+            mariadb = getattr(connection, "mysql_is_mariadb", False)
+            params["collation"] = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"
+        return params
+
+
+class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
+    def expired(self, now: dt.datetime | None = None) -> IdempotencyRecordQuerySet:
+        return self.filter(expires_at__lte=now or timezone.now())
+
+    def purge_expired(self, *, batch_size: int = 1000, dry_run: bool = False) -> int:
+        """Delete expired records in batches of ``batch_size``; return how many.
+
+        Each batch is one short ``DELETE ... WHERE id IN (...)`` that re-checks the
+        expiry, so a record reclaimed between the select and the delete is kept and no
+        long lock is held on the table.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        now = timezone.now()
+        if dry_run:
+            return self.expired(now).count()
+        deleted = 0
+        while True:
+            ids = list(
+                self.expired(now).order_by("expires_at").values_list("pk", flat=True)[:batch_size]
+            )
+            if not ids:
+                return deleted
+            count, _ = self.filter(pk__in=ids, expires_at__lte=now).delete()
+            deleted += count
+            if len(ids) < batch_size:
+                return deleted
+
+
+class IdempotencyRecord(models.Model):
+    """One intent: the claim on ``(scope, key)``, its status and its stored outcome."""
+
+    id = models.BigAutoField(primary_key=True)
+    scope = ExactCharField(_("scope"), max_length=255, blank=True, default="")
+    key = ExactCharField(_("key"), max_length=255)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices)
+    owner_token = models.CharField(_("owner token"), max_length=64, editable=False)
+    fingerprint = models.CharField(_("fingerprint"), max_length=255, blank=True, default="")
+    result = models.JSONField(_("result"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True, default="")
+    task_name = models.CharField(_("task name"), max_length=255, blank=True, default="")
+    task_id = models.CharField(_("task id"), max_length=255, blank=True, default="")
+    metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("created"))
+    updated_at = models.DateTimeField(_("updated"))
+    completed_at = models.DateTimeField(_("completed"), null=True, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease ends"), null=True, blank=True)
+    expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
+    duplicates_blocked = models.PositiveBigIntegerField(_("duplicates blocked"), default=0)
+    last_duplicate_at = models.DateTimeField(_("last duplicate"), null=True, blank=True)
+
+    objects = IdempotencyRecordQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("sent intent")
+        verbose_name_plural = _("sent intents")
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="onceonly_scope_key_uniq"),
+        ]
+        indexes = [
+            models.Index(fields=["expires_at"], name="onceonly_expires_idx"),
+            models.Index(fields=["status", "-created_at"], name="onceonly_status_created_idx"),
+            models.Index(fields=["task_name", "-created_at"], name="onceonly_task_created_idx"),
+            models.Index(fields=["-created_at"], name="onceonly_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{self.key}" if self.scope else self.key
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+
+from django_onceonly.stores import BaseStore, Record, get_store
+from django_onceonly.stores.database import close_connections
+from tests.services import IN_CI, how_to_start, is_up
+
+# Every store configuration the contract suite runs on:
+# name -> (ONCEONLY_STORE, database alias, server it needs or None).
+BACKENDS: dict[str, tuple[str, str, str | None]] = {
+    "sqlite": ("django_onceonly.stores.DatabaseStore", "default", None),
+    "postgres": ("django_onceonly.stores.DatabaseStore", "postgres", "postgres"),
+    "mariadb": ("django_onceonly.stores.DatabaseStore", "mariadb", "mariadb"),
+}
+
+
+@dataclass
+class Backend:
+    """The store under test, configured through the real settings."""
+
+    name: str
+    store_path: str
+    alias: str
+
+    @property
+    def store(self) -> BaseStore:
+        return get_store()
+
+    def record(self, key: str, scope: str = "") -> Record | None:
+        """The record as the store keeps it (expired or not), or None."""
+        return self.store.get(scope, key)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if IN_CI:
+        down = [name for name in ("postgres", "mariadb", "redis", "rabbitmq") if not is_up(name)]
+        if down:
+            raise pytest.UsageError(
+                "CI=true but these servers are not answering (no test may skip in CI): "
+                + "; ".join(how_to_start(name) for name in down)
+            )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in item.iter_markers("services"):
+            for name in marker.args:
+                if not is_up(name):
+                    # In CI pytest_configure has already refused to start.
+                    item.add_marker(pytest.mark.skip(reason=how_to_start(name)))
+
+
+def backend_params(*names: str) -> list[Any]:
+    """``pytest.param`` for each backend, marked with the database and server it needs."""
+    params = []
+    for name in names or tuple(BACKENDS):
+        _, alias, service = BACKENDS[name]
+        marks: list[Any] = [pytest.mark.django_db(transaction=True, databases=["default", alias])]
+        if service:
+            marks.append(pytest.mark.services(service))
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test that takes `backend` runs once per store configuration, unless it chose.
+    if "backend" in metafunc.fixturenames and not any(
+        "backend" in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize")
+    ):
+        metafunc.parametrize("backend", backend_params(), indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, settings: Any) -> Iterator[Backend]:
+    """The store under test: ``ONCEONLY_STORE`` and ``ONCEONLY_DATABASE`` point at it."""
+    store_path, alias, _ = BACKENDS[request.param]
+    settings.ONCEONLY_STORE = store_path
+    settings.ONCEONLY_DATABASE = alias
+    yield Backend(name=request.param, store_path=store_path, alias=alias)
+    close_connections()
+
+
+@pytest.fixture(autouse=True)
+def _close_private_connections() -> Iterator[None]:
+    yield
+    close_connections()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"onceonly databases: {', '.join(sorted(settings.DATABASES))}; CI={IN_CI}"]

@@ -1,0 +1,94 @@
+"""Settings for the test suite: SQLite always, PostgreSQL and MariaDB when they answer.
+
+In CI (``CI=true``) every server is required; locally, tests for a server that is down
+are skipped with the command that starts it (see ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from tests.services import IN_CI, SERVICES, is_up
+
+SECRET_KEY = "django-onceonly-tests"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_onceonly",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+_SQLITE_DIR = tempfile.mkdtemp(prefix="onceonly-tests-")
+
+DATABASES: dict[str, dict[str, object]] = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.path.join(_SQLITE_DIR, "default.sqlite3"),
+        # A file, not memory: threads and processes of the races share it.
+        "TEST": {"NAME": os.path.join(_SQLITE_DIR, "test_default.sqlite3")},
+        "OPTIONS": {"timeout": 30},
+    }
+}
+
+if IN_CI or is_up("postgres"):
+    host, port, _ = SERVICES["postgres"]
+    DATABASES["postgres"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": os.environ.get("ONCEONLY_TEST_PG_NAME", "test"),
+        "USER": os.environ.get("ONCEONLY_TEST_PG_USER", "postgres"),
+        "PASSWORD": os.environ.get("ONCEONLY_TEST_PG_PASSWORD", ""),
+        "HOST": host,
+        "PORT": port,
+        "TEST": {"NAME": "test_onceonly"},
+    }
+
+if IN_CI or is_up("mariadb"):
+    host, port, _ = SERVICES["mariadb"]
+    DATABASES["mariadb"] = {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": os.environ.get("ONCEONLY_TEST_MARIADB_NAME", "test"),
+        "USER": os.environ.get("ONCEONLY_TEST_MARIADB_USER", "root"),
+        "PASSWORD": os.environ.get("ONCEONLY_TEST_MARIADB_PASSWORD", ""),
+        "HOST": host,
+        "PORT": port,
+        "OPTIONS": {"charset": "utf8mb4"},
+        "TEST": {"NAME": "test_onceonly", "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "/static/"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {"django_onceonly": {"level": "INFO"}},
+}
