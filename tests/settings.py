@@ -48,6 +48,9 @@ TEMPLATES = [
 ]
 
 _SQLITE_DIR = tempfile.mkdtemp(prefix="onceonly-tests-")
+# Test runs that share the servers at the same time (several checkouts, CI jobs) each
+# need their own test database, or one run's setup drops the other's.
+_TEST_DB_NAME = os.environ.get("ONCEONLY_TEST_DB_NAME", "test_onceonly")
 
 DATABASES: dict[str, dict[str, object]] = {
     "default": {
@@ -68,7 +71,7 @@ if IN_CI or is_up("postgres"):
         "PASSWORD": os.environ.get("ONCEONLY_TEST_PG_PASSWORD", ""),
         "HOST": host,
         "PORT": port,
-        "TEST": {"NAME": "test_onceonly"},
+        "TEST": {"NAME": _TEST_DB_NAME},
     }
 
 if IN_CI or is_up("mariadb"):
@@ -81,7 +84,7 @@ if IN_CI or is_up("mariadb"):
         "HOST": host,
         "PORT": port,
         "OPTIONS": {"charset": "utf8mb4"},
-        "TEST": {"NAME": "test_onceonly", "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+        "TEST": {"NAME": _TEST_DB_NAME, "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
