@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -43,6 +44,12 @@ ON_ERROR_CHOICES = ("release", "fail")
 ON_IN_PROGRESS_CHOICES = ("raise", "skip")
 
 
+# PostgreSQL's jsonb refuses NUL, which JSON writes as \u0000. That text is an escape only
+# after an even number of backslashes; the string "C:\\u0000" (a real backslash, then
+# "u0000") encodes as "C:\\\\u0000" and must still be stored.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def encode_result(result: Any) -> str:
     """Serialise ``result`` as stored, or raise ``InvalidResult`` / ``ResultTooLarge``."""
     try:
@@ -51,7 +58,7 @@ def encode_result(result: Any) -> str:
         raise InvalidResult(
             f"result of type {type(result).__name__} cannot be stored: it is not JSON-serialisable ({exc})"
         ) from exc
-    if "\\u0000" in encoded:
+    if _ESCAPED_NUL.search(encoded):
         raise InvalidResult("result cannot be stored: it contains a NUL character (\\u0000)")
     size = len(encoded.encode())
     limit = conf.ONCEONLY_MAX_RESULT_BYTES
