@@ -81,7 +81,8 @@ class Command(BaseCommand):
         user_ids = self.create_users(users)
         self.stdout.write(
             f"{users} users, {attempts} concurrent attempts each ({users * attempts} in all), "
-            f"from {processes} processes x {threads} threads; "
+            f"from {processes} process{'es' if processes > 1 else ''} x "
+            f"{threads} thread{'s' if threads > 1 else ''}; "
             f"outbox: {outbox_path().parent}"
         )
         rows = [
