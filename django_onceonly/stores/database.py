@@ -234,7 +234,13 @@ class DatabaseStore(BaseStore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _sql(self, conn: BaseDatabaseWrapper) -> _Statements:
-        key = (conn.vendor, getattr(conn, "mysql_is_mariadb", False))
+        try:
+            mariadb = getattr(conn, "mysql_is_mariadb", False)
+        except DatabaseError as exc:
+            # Telling MariaDB from MySQL opens a connection the first time; a fresh
+            # private connection may find the server gone.
+            raise StoreUnavailable(f"database {conn.alias!r} is unavailable: {exc}") from exc
+        key = (conn.vendor, mariadb)
         statements = _STATEMENTS.get(key)
         if statements is None:
             statements = _STATEMENTS[key] = _Statements(conn)
