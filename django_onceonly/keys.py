@@ -72,6 +72,11 @@ def validate_fingerprint(fingerprint: object) -> str:
             f"fingerprint is {len(fingerprint)} characters long; the limit is "
             f"{MAX_FINGERPRINT_LENGTH} (pass a digest such as sha256 hex, not the payload)"
         )
+    bad = _control_character(fingerprint)
+    if bad is not None:
+        raise ValueError(
+            f"fingerprint contains the control character {bad!r} at index {fingerprint.index(bad)}"
+        )
     return fingerprint
 
 

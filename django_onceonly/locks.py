@@ -200,7 +200,7 @@ class Lock:
             str(error)
             if not isinstance(error, BaseException)
             else f"{type(error).__name__}: {error}"
-        )
+        ).replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
         now = timezone.now()
         expires_at = None if outcome_unknown else self._expires_at(now)
         get_store().finish(
@@ -321,6 +321,8 @@ def check_lock(
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be a JSON-serialisable dict: {exc}") from exc
+    if _ESCAPED_NUL.search(metadata_json):
+        raise ValueError("metadata cannot be stored: it contains a NUL character (\\u0000)")
     now = timezone.now()
     token = secrets.token_hex(16)
     request = ClaimRequest(
