@@ -18,6 +18,7 @@ BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "sqlite": ("django_onceonly.stores.DatabaseStore", "default", None),
     "postgres": ("django_onceonly.stores.DatabaseStore", "postgres", "postgres"),
     "mariadb": ("django_onceonly.stores.DatabaseStore", "mariadb", "mariadb"),
+    "redis": ("django_onceonly.stores.RedisStore", "default", "redis"),
 }
 
 
@@ -80,11 +81,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, settings: Any) -> Iterator[Backend]:
     """The store under test: ``ONCEONLY_STORE`` and ``ONCEONLY_DATABASE`` point at it."""
-    store_path, alias, _ = BACKENDS[request.param]
+    store_path, alias, service = BACKENDS[request.param]
     settings.ONCEONLY_STORE = store_path
     settings.ONCEONLY_DATABASE = alias
+    if service == "redis":
+        settings.ONCEONLY_REDIS_CACHE = settings.REDIS_TEST_CACHE
+        delete_redis_test_keys()
     yield Backend(name=request.param, store_path=store_path, alias=alias)
     close_connections()
+    if service == "redis":
+        delete_redis_test_keys()
+
+
+def delete_redis_test_keys() -> None:
+    """Delete this run's keys from the test Redis database: never another run's, never FLUSH."""
+    from django_redis import get_redis_connection
+
+    conn = get_redis_connection(settings.REDIS_TEST_CACHE)
+    pattern = settings.REDIS_TEST_PREFIX + "*"  # letters, digits and dashes: no glob escapes
+    batch: list[bytes] = []
+    for name in conn.scan_iter(match=pattern, count=1000):
+        batch.append(name)
+        if len(batch) >= 1000:
+            conn.unlink(*batch)
+            batch.clear()
+    if batch:
+        conn.unlink(*batch)
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 
 from tests.services import IN_CI, SERVICES, is_up
 
@@ -85,6 +86,23 @@ if IN_CI or is_up("mariadb"):
         "PORT": port,
         "OPTIONS": {"charset": "utf8mb4"},
         "TEST": {"NAME": _TEST_DB_NAME, "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+    }
+
+# RedisStore's tests use a cache alias of their own (the "default" cache stays in memory),
+# on a Redis database number of its own, under a prefix unique to this run, so that test
+# runs sharing one server never see, or delete, each other's keys.
+REDIS_TEST_CACHE = "onceonly"
+REDIS_TEST_PREFIX = f"onceonly-test-{uuid.uuid4().hex[:12]}"
+CACHES: dict[str, dict[str, object]] = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+}
+if IN_CI or is_up("redis"):
+    host, port, _ = SERVICES["redis"]
+    CACHES[REDIS_TEST_CACHE] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": f"redis://{host}:{port}/13",
+        "KEY_PREFIX": REDIS_TEST_PREFIX,
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 5},
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

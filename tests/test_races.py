@@ -31,7 +31,7 @@ THREADS = 16
 PROCESSES = 4
 # SQLite serialises writers on a file lock (every duplicate counts itself, so each trial
 # is 16 writes in a row): a modest count keeps it quick and still races.
-TRIALS = {"sqlite": 30, "postgres": 200, "mariadb": 200}
+TRIALS = {"sqlite": 30, "postgres": 200, "mariadb": 200, "redis": 200}
 BARRIER_TIMEOUT = 60.0
 
 
@@ -221,7 +221,7 @@ def assert_one_winner(backend: Backend, keys: Sequence[str], results: list[list[
 
 
 @pytest.mark.parametrize("how", ["threads", "processes"])
-@pytest.mark.parametrize("backend", backend_params("sqlite", "postgres", "mariadb"), indirect=True)
+@pytest.mark.parametrize("backend", backend_params("sqlite", "postgres", "mariadb", "redis"), indirect=True)
 def test_exactly_one_racer_locks_a_fresh_key(backend: Backend, how: str) -> None:
     race, racers, unit = RACES[how]
     keys = fresh_keys(TRIALS[backend.name], how)
@@ -233,7 +233,7 @@ def test_exactly_one_racer_locks_a_fresh_key(backend: Backend, how: str) -> None
 
 
 @pytest.mark.parametrize("how", ["threads", "processes"])
-@pytest.mark.parametrize("backend", backend_params("postgres", "mariadb"), indirect=True)
+@pytest.mark.parametrize("backend", backend_params("postgres", "mariadb", "redis"), indirect=True)
 def test_exactly_one_racer_reclaims_a_stale_lease(
     backend: Backend, how: str, settings: Any
 ) -> None:
@@ -253,7 +253,7 @@ def test_exactly_one_racer_reclaims_a_stale_lease(
 
 
 @pytest.mark.parametrize("how", ["threads", "processes"])
-@pytest.mark.parametrize("backend", backend_params("postgres", "mariadb"), indirect=True)
+@pytest.mark.parametrize("backend", backend_params("postgres", "mariadb", "redis"), indirect=True)
 def test_nobody_locks_a_stale_lease_on_hold(backend: Backend, how: str, settings: Any) -> None:
     settings.ONCEONLY_AFTER_LEASE = "hold"
     race, racers, unit = RACES[how]
@@ -273,7 +273,7 @@ def test_nobody_locks_a_stale_lease_on_hold(backend: Backend, how: str, settings
         assert record.duplicates_blocked == racers
 
 
-@pytest.mark.parametrize("backend", backend_params("postgres", "mariadb"), indirect=True)
+@pytest.mark.parametrize("backend", backend_params("postgres", "mariadb", "redis"), indirect=True)
 def test_exactly_one_thread_takes_over_an_expired_record(backend: Backend) -> None:
     keys = expired_records(TRIALS[backend.name])
 
