@@ -292,6 +292,7 @@ def check_lock(
     transactional: bool = False,
     task_name: str = "",
     task_id: str = "",
+    _resume_token: str = "",
 ) -> Lock:
     """Claim ``key`` atomically: ``"locked"`` means go ahead, ``"duplicate"`` means skip.
 
@@ -303,6 +304,8 @@ def check_lock(
     block by an exception does. ``transactional=True`` makes the claim part of the
     caller's open transaction on ``ONCEONLY_DATABASE``; by default it commits on its own.
     ``task_name``/``task_id`` are recorded for the admin (``OnceTask`` fills them in).
+    ``_resume_token`` is private to ``OnceTask``: the token of this caller's own earlier
+    claim, which a retry takes over under a new token (see "Resume" in ``stores.base``).
     """
     validate_key(key)
     validate_scope(scope)
@@ -338,6 +341,7 @@ def check_lock(
         task_name=task_name,
         task_id=task_id,
         transactional=transactional,
+        resume_token=_resume_token,
     )
     common: dict[str, Any] = {
         "key": key,

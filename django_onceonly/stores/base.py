@@ -69,6 +69,9 @@ class ClaimRequest:
     task_name: str = ""
     task_id: str = ""
     transactional: bool = False
+    # The token of a claim this caller made earlier and now resumes (a Celery retry
+    # carries it in its message); see "Resume" in BaseStore.
+    resume_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,14 @@ class BaseStore(abc.ABC):
       ``owner_token`` is the given token and the record is still the owner's
       (``in_progress``, or ``unknown`` after a ``"hold"``); otherwise they raise
       :class:`~django_onceonly.exceptions.LockLost` and write nothing.
+    - **Resume.** When ``request.resume_token`` is not empty and the record is
+      ``in_progress``, not expired and owned by ``resume_token``, the claim is acquired by
+      handing the record over to ``request.token``: ``owner_token``, ``lease_expires_at``
+      and ``updated_at`` change in one conditional write, whether the lease is stale or
+      not, nothing else changes and no duplicate is counted. From then on the old token
+      is fenced like any other, so a second claim resuming the same ``resume_token`` is
+      an ordinary claim (a duplicate of the new owner). On any other record, or none,
+      ``resume_token`` is ignored and the claim proceeds as usual.
     - **Duplicates.** A claim that is not acquired adds one to ``duplicates_blocked`` and
       sets ``last_duplicate_at`` to ``now``, in the same step.
     - **Errors.** A backend that cannot be reached raises

@@ -265,6 +265,10 @@ class DatabaseStore(BaseStore):
         sql = self._sql(conn)
         adapt = conn.ops.adapt_datetimefield_value
         now = adapt(request.now)
+        if request.resume_token:
+            resumed = self._resume(conn, request)
+            if resumed is not None:
+                return resumed
         for _attempt in range(MAX_ATTEMPTS):
             with self._cursor(conn) as cursor:
                 cursor.execute(
@@ -301,6 +305,38 @@ class DatabaseStore(BaseStore):
         raise StoreUnavailable(
             f"could not settle the claim on {request.key!r} after {MAX_ATTEMPTS} attempts"
         )
+
+    def _resume(self, conn: BaseDatabaseWrapper, request: ClaimRequest) -> ClaimResult | None:
+        """Hand the record from ``resume_token`` to ``token``; ``None`` if it is not ours."""
+        sql = self._sql(conn)
+        adapt = conn.ops.adapt_datetimefield_value
+        now = adapt(request.now)
+        with self._cursor(conn) as cursor:
+            cursor.execute(
+                sql.resume,
+                [
+                    request.token,
+                    adapt(request.lease_expires_at),
+                    now,
+                    request.scope,
+                    request.key,
+                    request.resume_token,
+                    IN_PROGRESS,
+                    now,
+                ],
+            )
+            if cursor.rowcount != 1:
+                return None
+            # The write above is the claim; this read only fills in the snapshot
+            # (MariaDB has no UPDATE ... RETURNING).
+            cursor.execute(sql.select, [request.scope, request.key])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        record = self._record(row)
+        if record.owner_token != request.token:
+            return None
+        return ClaimResult(acquired=True, record=record)
 
     def _take_over(
         self, conn: BaseDatabaseWrapper, request: ClaimRequest, seen: Record
@@ -559,6 +595,11 @@ class _Statements:
             f"{c['error']} = '', {c['completed_at']} = NULL, {c['expires_at']} = NULL, "
             f"{c['duplicates_blocked']} = 0, {c['last_duplicate_at']} = NULL "
             f"WHERE {owned} AND {c['expires_at']} <= %s"
+        )
+        self.resume = (
+            f"UPDATE {table} SET {c['owner_token']} = %s, {c['lease_expires_at']} = %s, "
+            f"{c['updated_at']} = %s WHERE {owned} AND {c['status']} = %s "
+            f"AND ({c['expires_at']} IS NULL OR {c['expires_at']} > %s)"
         )
         self.take_over_stale = (
             f"UPDATE {table} SET {claimed} "
