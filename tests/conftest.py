@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connections
 
 from django_onceonly.stores import BaseStore, Record, get_store
 from django_onceonly.stores.database import close_connections
