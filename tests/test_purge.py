@@ -1,0 +1,200 @@
+"""Purging expired records, and releasing one intent by hand.
+
+Purge is about the database stores' table (Redis expires its keys itself), so those tests
+run on each database; ``onceonly_release`` goes through the store and runs on every one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_onceonly import InvalidKey, LockLost, check_lock
+from django_onceonly.models import IdempotencyRecord, Status
+from django_onceonly.tasks import purge_expired
+from tests.conftest import Backend, backend_params
+from tests.factories import IdempotencyRecordFactory
+
+on_each_database = pytest.mark.parametrize(
+    "backend", backend_params("sqlite", "postgres", "mariadb"), indirect=True
+)
+
+
+def records(backend: Backend) -> Any:
+    return IdempotencyRecord.objects.using(backend.alias)
+
+
+def make(backend: Backend, count: int, **traits: Any) -> list[IdempotencyRecord]:
+    built = IdempotencyRecordFactory.build_batch(count, **traits)
+    return records(backend).bulk_create(built, batch_size=500)
+
+
+def make_keepers(backend: Backend) -> set[str]:
+    """Records purge must never touch; returns their keys."""
+    now = timezone.now()
+    kept = [
+        *make(backend, 3),  # completed, expires tomorrow
+        *make(backend, 2, running=True),  # in progress
+        *make(backend, 2, status=Status.UNKNOWN, completed_at=now, expires_at=None),
+        *make(backend, 2, status=Status.FAILED, expires_at=now + dt.timedelta(hours=1)),
+        *make(backend, 1, expires_at=None),  # ONCEONLY_TTL = None: forever
+    ]
+    return {record.key for record in kept}
+
+
+def delete_statements(backend: Backend, context: CaptureQueriesContext) -> int:
+    return sum(1 for query in context.captured_queries if query["sql"].startswith("DELETE"))
+
+
+@on_each_database
+def test_purge_command_deletes_only_expired_records_in_batches(backend: Backend) -> None:
+    make(backend, 2500, expired=True)
+    kept = make_keepers(backend)
+    out = StringIO()
+
+    with CaptureQueriesContext(connections[backend.alias]) as queries:
+        call_command("onceonly_purge", "--batch-size", "1000", stdout=out)
+
+    assert out.getvalue() == "Deleted 2500 expired record(s).\n"
+    assert set(records(backend).values_list("key", flat=True)) == kept
+    # 1000 + 1000 + 500: one short DELETE per batch, never one long one.
+    assert delete_statements(backend, queries) == 3
+
+
+@on_each_database
+def test_purge_dry_run_reports_the_count_and_deletes_nothing(backend: Backend) -> None:
+    make(backend, 25, expired=True)
+    kept = make_keepers(backend)
+    out = StringIO()
+
+    with CaptureQueriesContext(connections[backend.alias]) as queries:
+        call_command("onceonly_purge", "--dry-run", stdout=out)
+
+    assert out.getvalue() == "25 expired record(s) would be deleted.\n"
+    assert records(backend).count() == 25 + len(kept)
+    assert delete_statements(backend, queries) == 0
+
+
+@on_each_database
+def test_purge_with_nothing_expired_deletes_nothing(backend: Backend) -> None:
+    kept = make_keepers(backend)
+    out = StringIO()
+
+    call_command("onceonly_purge", stdout=out)
+
+    assert out.getvalue() == "Deleted 0 expired record(s).\n"
+    assert set(records(backend).values_list("key", flat=True)) == kept
+
+
+@on_each_database
+def test_purge_rejects_a_batch_size_below_one(backend: Backend) -> None:
+    make(backend, 3, expired=True)
+    err = StringIO()
+
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("onceonly_purge", "--batch-size", "0", stdout=StringIO(), stderr=err)
+
+    assert exit_info.value.code == 2
+    assert "--batch-size must be at least 1" in err.getvalue()
+    assert records(backend).count() == 3
+
+
+@on_each_database
+def test_purge_expired_function_and_task(backend: Backend) -> None:
+    make(backend, 30, expired=True)
+    kept = make_keepers(backend)
+
+    assert purge_expired(batch_size=7, dry_run=True) == 30
+    assert purge_expired(batch_size=7) == 30
+    assert purge_expired() == 0
+    assert set(records(backend).values_list("key", flat=True)) == kept
+
+
+@on_each_database
+def test_purge_removes_records_that_expired_through_the_api(backend: Backend) -> None:
+    check_lock("short", ttl=0.01).complete("r")
+    check_lock("long", ttl=3600).complete("r")
+    check_lock("running")
+    records(backend).filter(key="short").update(expires_at=timezone.now() - dt.timedelta(1))
+
+    assert purge_expired() == 1
+
+    assert backend.record("short") is None
+    assert backend.record("long") is not None
+    assert backend.record("running") is not None
+    assert check_lock("short").locked
+
+
+@pytest.mark.parametrize("backend", backend_params("postgres", "mariadb"), indirect=True)
+def test_purge_touches_only_the_onceonly_database(backend: Backend) -> None:
+    make(backend, 4, expired=True)
+    IdempotencyRecord.objects.using("default").bulk_create(
+        IdempotencyRecordFactory.build_batch(3, expired=True)
+    )
+
+    assert purge_expired() == 4
+
+    assert records(backend).count() == 0
+    assert IdempotencyRecord.objects.using("default").count() == 3
+
+
+# -- onceonly_release --------------------------------------------------------------------
+
+
+def test_release_command_frees_a_blocked_intent(backend: Backend) -> None:
+    check_lock("charge_9").fail("card declined")
+    assert check_lock("charge_9").record_status == "failed"
+    out = StringIO()
+
+    call_command("onceonly_release", "charge_9", stdout=out)
+
+    assert out.getvalue() == "Released 'charge_9' (scope '').\n"
+    assert backend.record("charge_9") is None
+    assert check_lock("charge_9").locked
+
+
+def test_release_command_with_scope_touches_only_that_scope(backend: Backend) -> None:
+    check_lock("charge_9", scope="tenant-a").fail("x", outcome_unknown=True)
+    check_lock("charge_9", scope="tenant-b").complete("b")
+    check_lock("charge_9").complete("unscoped")
+    out = StringIO()
+
+    call_command("onceonly_release", "charge_9", "--scope", "tenant-a", stdout=out)
+
+    assert out.getvalue() == "Released 'charge_9' (scope 'tenant-a').\n"
+    assert backend.record("charge_9", scope="tenant-a") is None
+    assert check_lock("charge_9", scope="tenant-b").result == "b"
+    assert check_lock("charge_9").result == "unscoped"
+
+
+def test_release_command_frees_a_running_claim(backend: Backend) -> None:
+    owner = check_lock("charge_9", lease=600)
+
+    call_command("onceonly_release", "charge_9", stdout=StringIO())
+
+    assert backend.record("charge_9") is None
+    assert check_lock("charge_9").locked
+    # The old owner is fenced off: it cannot overwrite the new claim.
+    with pytest.raises(LockLost, match="no longer holds it"):
+        owner.complete("late")
+
+
+def test_release_command_for_a_missing_key_is_an_error(backend: Backend) -> None:
+    check_lock("charge_9", scope="tenant-a")
+
+    with pytest.raises(CommandError, match="No record for key 'charge_9' in scope ''"):
+        call_command("onceonly_release", "charge_9", stdout=StringIO())
+
+    assert backend.record("charge_9", scope="tenant-a") is not None
+
+
+def test_release_command_validates_the_key(backend: Backend) -> None:
+    with pytest.raises(InvalidKey, match="key is 256 characters long"):
+        call_command("onceonly_release", "k" * 256, stdout=StringIO())
