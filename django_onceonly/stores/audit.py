@@ -1,0 +1,205 @@
+"""The audit trail of ``RedisStore``: records copied to ``IdempotencyRecord`` in batches.
+
+Write-behind, with the queue kept in Redis itself. Every ``RedisStore`` script marks the
+record it changed in its shard's dirty hash, in the same atomic step as the change, so
+no change can be lost between Redis and the queue, whatever happens to the process that
+made it. :func:`sync_audit` (``manage.py onceonly_sync``) then, per batch:
+
+1. reads the marks (``HSCAN`` of the 256 shard hashes, one pipelined round trip);
+2. reads the records they name (``HMGET``, pipelined);
+3. writes them to ``ONCEONLY_DATABASE`` in one transaction: an upsert on the unique
+   ``(scope, key)`` for records that exist, a delete for records that were released;
+4. removes each mark only if it is still the mark it read. A record changed in the
+   meantime has a new mark and is copied again by the next pass.
+
+A sync that dies at any point leaves its marks in place: the next one copies those
+records again (the writes are idempotent). One sync runs at a time (a lock in Redis),
+so an older copy of a record can never overwrite a newer one in the table.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, transaction
+from django.db.models import Q
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..conf import conf
+from ..exceptions import StoreUnavailable
+from . import get_store
+from .redis import FIELDS, SHARDS, RedisStore, Script, record_from_values
+
+# How long the sync lock is trusted: a pass of one batch takes milliseconds.
+LOCK_MS = 60_000
+
+# KEYS[1]: a shard's dirty hash; ARGV: member, mark, member, mark, ...
+_UNMARK = Script(
+    """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return removed
+""",
+    common=False,
+)
+# KEYS[1]: the sync lock; ARGV[1]: this sync's token
+_UNLOCK = Script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""",
+    common=False,
+)
+
+COPIED_FIELDS = [name for name in FIELDS if name not in ("scope", "key")]
+
+
+@dataclass
+class SyncReport:
+    """What one :func:`sync_audit` call did."""
+
+    copied: int = 0  # rows inserted or updated
+    deleted: int = 0  # rows of released records removed
+    pending: int = 0  # marks left for the next pass (their record changed meanwhile)
+    locked_out: bool = False  # another sync was running: this one did nothing
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    shard: str
+    member: str
+    mark: str
+
+
+def _store(store: RedisStore | None) -> RedisStore:
+    chosen = store if store is not None else get_store()
+    if not isinstance(chosen, RedisStore):
+        raise ImproperlyConfigured(
+            "the audit sync copies RedisStore records; ONCEONLY_STORE is "
+            f"{type(chosen).__module__}.{type(chosen).__qualname__}, which writes the table itself"
+        )
+    if not chosen.audit:
+        raise ImproperlyConfigured(f"{type(chosen).__qualname__}.audit is off: nothing is marked")
+    return chosen
+
+
+def sync_audit(
+    *, batch_size: int = 1000, store: RedisStore | None = None, using: str | None = None
+) -> SyncReport:
+    """Copy every changed ``RedisStore`` record to ``IdempotencyRecord``; return the counts.
+
+    ``using`` defaults to ``ONCEONLY_DATABASE``. Safe to run from several processes at
+    once (only one works at a time) and to interrupt at any point.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    store = _store(store)
+    try:
+        return _sync(store, batch_size, using or conf.ONCEONLY_DATABASE)
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise StoreUnavailable(
+            f"Redis (cache {store.alias!r}) is unavailable: {exc}. The audit sync will copy "
+            "the marked records once it is back."
+        ) from exc
+
+
+def _sync(store: RedisStore, batch_size: int, alias: str) -> SyncReport:
+    conn = store.connection
+    lock_key = store.make_key("onceonly:audit-sync-lock")
+    token = secrets.token_hex(16)
+    report = SyncReport()
+    if not conn.set(lock_key, token, nx=True, px=LOCK_MS):
+        report.locked_out = True
+        return report
+    try:
+        while True:
+            marks, more = _scan(store, batch_size)
+            for start in range(0, len(marks), batch_size):
+                _copy(store, marks[start : start + batch_size], alias, report)
+            if not more:
+                return report
+    finally:
+        _UNLOCK(conn, [lock_key], [token])
+
+
+def _scan(store: RedisStore, batch_size: int) -> tuple[list[_Mark], bool]:
+    """One page of marks from every shard; ``more`` when a shard has further pages."""
+    with store.connection.pipeline(transaction=False) as pipe:
+        shards = [f"{n:02x}" for n in range(SHARDS)]
+        for shard in shards:
+            pipe.hscan(store.shard_keys(shard)[0], 0, count=batch_size)
+        pages = pipe.execute()
+    marks: list[_Mark] = []
+    more = False
+    for shard, (cursor, entries) in zip(shards, pages, strict=True):
+        more = more or int(cursor) != 0
+        marks.extend(
+            _Mark(shard, member.decode(), mark.decode()) for member, mark in entries.items()
+        )
+    return marks, more
+
+
+def _copy(store: RedisStore, marks: list[_Mark], alias: str, report: SyncReport) -> None:
+    from ..models import IdempotencyRecord
+
+    names = [json.loads(mark.member) for mark in marks]
+    with store.connection.pipeline(transaction=False) as pipe:
+        for scope, key in names:
+            pipe.hmget(store.keys(scope, key).record, FIELDS)
+        snapshots = pipe.execute()
+    rows: list[IdempotencyRecord] = []
+    gone: list[tuple[str, str]] = []
+    for (scope, key), mark, values in zip(names, marks, snapshots, strict=True):
+        if values[FIELDS.index("status")] is not None:
+            record = record_from_values(values)
+            rows.append(
+                IdempotencyRecord(
+                    scope=scope, key=key, **{name: getattr(record, name) for name in COPIED_FIELDS}
+                )
+            )
+        elif mark.mark.startswith("d"):
+            gone.append((scope, key))
+        # Otherwise Redis expired it (past expires_at and the grace): the table keeps its
+        # last copy, which onceonly_purge removes like any expired row.
+    # MySQL and MariaDB upsert on any unique key and take no conflict target.
+    target = connections[alias].features.supports_update_conflicts_with_target
+    with transaction.atomic(using=alias):
+        manager = IdempotencyRecord.objects.using(alias)
+        if rows:
+            manager.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["scope", "key"] if target else None,
+                update_fields=COPIED_FIELDS,
+            )
+        for chunk in _chunks(gone, 200):
+            condition = Q()
+            for scope, key in chunk:
+                condition |= Q(scope=scope, key=key)
+            deleted, _ = manager.filter(condition).delete()
+            report.deleted += deleted
+    report.copied += len(rows)
+    by_shard: dict[str, list[str]] = {}
+    for mark in marks:
+        by_shard.setdefault(mark.shard, []).extend((mark.member, mark.mark))
+    _UNMARK.load(store.connection)
+    with store.connection.pipeline(transaction=False) as pipe:
+        for shard, pairs in by_shard.items():
+            pipe.evalsha(_UNMARK.sha, 1, store.shard_keys(shard)[0], *pairs)
+        removed = pipe.execute()
+    report.pending += len(marks) - sum(int(n) for n in removed)
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
