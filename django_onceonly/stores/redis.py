@@ -309,9 +309,14 @@ return n
 class Script:
     """A Lua script run with ``EVALSHA``, loaded on the first ``NOSCRIPT`` (one round trip)."""
 
-    def __init__(self, body: str) -> None:
-        self.source = _COMMON + body
+    def __init__(self, body: str, *, common: bool = True) -> None:
+        self.source = _COMMON + body if common else body
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def load(self, conn: Redis) -> None:
+        """Make sure the server knows the script, before queueing it in a pipeline."""
+        if not conn.script_exists(self.sha)[0]:
+            conn.script_load(self.source)
 
     def __call__(self, conn: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         try:
