@@ -176,7 +176,7 @@ end
 """.replace("FIELD_NAMES", ", ".join(f"'{name}'" for name in FIELDS))
 
 # ARGV: member, now, token, lease_expires_at, after_lease, fingerprint, metadata,
-# task_name, task_id, scope, key, utc offset text for the hold message.
+# task_name, task_id, scope, key, utc offset text for the hold message, resume_token.
 _CLAIM = """
 local now = tonumber(ARGV[2])
 local token = ARGV[3]
@@ -219,9 +219,11 @@ if cur[4] and tonumber(cur[4]) <= now then
   redis.call('DEL', rec)
   return create()
 end
-if cur[2] == token and status == 'in_progress' then
-  -- the owner claiming again (a retried task, a retried command): resume the claim
-  redis.call('HSET', rec, 'lease_expires_at', ARGV[4], 'updated_at', ARGV[2])
+if status == 'in_progress' and (cur[2] == token or (ARGV[13] ~= '' and cur[2] == ARGV[13])) then
+  -- the owner's own earlier claim (a Celery retry hands it over to its new token), or
+  -- this very claim again (redis-py resent a command whose reply was lost): stale or not
+  redis.call('HSET', rec, 'owner_token', token, 'lease_expires_at', ARGV[4],
+    'updated_at', ARGV[2])
   mark('w')
   return {'resumed', snapshot()}
 end
@@ -493,6 +495,7 @@ class RedisStore(BaseStore):
                 request.scope,
                 request.key,
                 "+0000" if aware else "",
+                request.resume_token,
             ],
         )
         outcome = _text(reply[0])
