@@ -21,6 +21,6 @@ try:
 except ImportError:  # the [celery] extra is not installed: a plain function
     purge_expired = _purge_expired
 else:
-    purge_expired = shared_task(name="django_onceonly.purge_expired", ignore_result=True)(
+    purge_expired = shared_task(name="django_onceonly.tasks.purge_expired", ignore_result=True)(
         _purge_expired
     )
