@@ -125,7 +125,9 @@ def _sync(store: RedisStore, batch_size: int, alias: str) -> SyncReport:
         while True:
             marks, more = _scan(store, batch_size)
             for start in range(0, len(marks), batch_size):
-                _copy(store, marks[start : start + batch_size], alias, report)
+                batch = marks[start : start + batch_size]
+                _write(store, batch, alias, report)
+                _unmark(store, batch, report)
             if not more:
                 return report
     finally:
@@ -149,7 +151,8 @@ def _scan(store: RedisStore, batch_size: int) -> tuple[list[_Mark], bool]:
     return marks, more
 
 
-def _copy(store: RedisStore, marks: list[_Mark], alias: str, report: SyncReport) -> None:
+def _write(store: RedisStore, marks: list[_Mark], alias: str, report: SyncReport) -> None:
+    """Copy the records ``marks`` name to the table, in one transaction."""
     from ..models import IdempotencyRecord
 
     names = [json.loads(mark.member) for mark in marks]
@@ -189,6 +192,10 @@ def _copy(store: RedisStore, marks: list[_Mark], alias: str, report: SyncReport)
             deleted, _ = manager.filter(condition).delete()
             report.deleted += deleted
     report.copied += len(rows)
+
+
+def _unmark(store: RedisStore, marks: list[_Mark], report: SyncReport) -> None:
+    """Remove each mark that is still the one read; a newer mark waits for the next pass."""
     by_shard: dict[str, list[str]] = {}
     for mark in marks:
         by_shard.setdefault(mark.shard, []).extend((mark.member, mark.mark))
