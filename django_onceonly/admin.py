@@ -644,8 +644,8 @@ class IdempotencyRecordAdmin(RecordModelAdmin):
             return None
         return str(
             _(
-                "ONCEONLY_STORE is %(store)s: its records are kept there, not in this table. "
-                "This page only shows what the database store kept."
+                "ONCEONLY_STORE is %(store)s: this table is its audit copy, filled by "
+                "manage.py onceonly_sync, and may lag behind it. Release acts on the store."
             )
             % {"store": conf.ONCEONLY_STORE}
         )

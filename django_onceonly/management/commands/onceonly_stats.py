@@ -76,8 +76,12 @@ def render(summary: Summary) -> str:
         out += [_line(line) for line in summary.top_keys]
     if summary.needs_attention:
         out += ["", "Unknown or stuck (newest first):"]
-        out += [f"  {'duplicates':>10}  {'status':<11}  {'scope':<16}  key"]
-        out += [_line(line) for line in summary.needs_attention]
+        out += [f"  {'created':<20}  {'status':<11}  {'scope':<16}  key"]
+        out += [
+            f"  {line.created_at:%Y-%m-%d %H:%M:%S}  {line.status:<11}  {line.scope or '-':<16}  "
+            f"{line.key}"
+            for line in summary.needs_attention
+        ]
     if not summary.exact:
         out += ["", "Counts marked 'about' are estimates; --exact counts every row."]
     return "\n".join(out)
