@@ -45,7 +45,13 @@ from django_redis import get_redis_connection
 from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..conf import conf
@@ -93,7 +99,15 @@ TIME_FIELDS = frozenset(
     }
 )
 # Redis answers these when it is up but cannot take the write; nothing was written.
-UNAVAILABLE_REPLIES = ("OOM", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MISCONF")
+# (redis-py turns OOM, READONLY, TRYAGAIN and LOADING into exception classes of their own.)
+UNAVAILABLE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    TryAgainError,
+)
+UNAVAILABLE_REPLIES = ("MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS", "MISCONF")
 # Finished records outlive their expiry in Redis by this much while the audit trail is
 # on, so that a lagging sync still copies their final state before Redis drops them.
 # Claims treat them as absent from expires_at exactly.
@@ -458,7 +472,7 @@ class RedisStore(BaseStore):
     def _run(self, script: Script, keys: RecordKeys, args: Sequence[str | int]) -> Any:
         try:
             return script(self.connection, self._script_keys(keys), [keys.member, *args])
-        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError) as exc:
+        except UNAVAILABLE_ERRORS as exc:
             raise _unavailable(self.alias, exc) from exc
         except ResponseError as exc:
             if str(exc).startswith(UNAVAILABLE_REPLIES):
@@ -589,7 +603,7 @@ class RedisStore(BaseStore):
         keys = self.keys(scope, key)
         try:
             values = self.connection.hmget(keys.record, FIELDS)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except UNAVAILABLE_ERRORS as exc:
             raise _unavailable(self.alias, exc) from exc
         if values[2] is None:
             return None
