@@ -31,7 +31,7 @@ from django_onceonly import (
 from django_onceonly.models import IdempotencyRecord
 from django_onceonly.stores import DatabaseStore
 from django_onceonly.stores.database import close_connections
-from tests.conftest import Backend
+from tests.conftest import Backend, backend_params
 
 
 def assert_nothing_stored(backend: Backend, *keys: str, scope: str = "") -> None:
@@ -341,6 +341,12 @@ def test_async_once_frees_the_claim_when_the_result_cannot_be_stored(backend: Ba
 # -- the database unreachable ------------------------------------------------------------
 
 
+# A database outage concerns the database stores; Redis outages are in test_redis_outage.py.
+DATABASE_OUTAGE = pytest.mark.parametrize(
+    "backend", backend_params("sqlite", "postgres", "mariadb"), indirect=True
+)
+
+
 def _unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -379,9 +385,8 @@ def database_down(alias: str, *, close: bool = True) -> Iterator[None]:
         settings_dict.update(saved)
 
 
+@DATABASE_OUTAGE
 def test_database_down_raises_store_unavailable(backend: Backend) -> None:
-    if not isinstance(backend.store, DatabaseStore):
-        pytest.skip("a database outage concerns the database stores")
     with database_down(backend.alias):
         with pytest.raises(
             StoreUnavailable, match=f"^database {re.escape(repr(backend.alias))} is unavailable: "
@@ -397,11 +402,10 @@ def test_database_down_raises_store_unavailable(backend: Backend) -> None:
     assert not lock.unprotected
 
 
+@DATABASE_OUTAGE
 def test_database_down_with_run_policy_runs_unprotected_and_warns(
     backend: Backend, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if not isinstance(backend.store, DatabaseStore):
-        pytest.skip("a database outage concerns the database stores")
     settings.ONCEONLY_ON_STORE_ERROR = "run"
     with (
         database_down(backend.alias),
@@ -428,9 +432,8 @@ def test_database_down_with_run_policy_runs_unprotected_and_warns(
     assert not again.unprotected
 
 
+@DATABASE_OUTAGE
 def test_database_down_mid_run_keeps_the_claim_unchanged(backend: Backend) -> None:
-    if not isinstance(backend.store, DatabaseStore):
-        pytest.skip("a database outage concerns the database stores")
     lock = check_lock("k", lease=60)
     before = backend.record("k")
 
@@ -446,11 +449,10 @@ def test_database_down_mid_run_keeps_the_claim_unchanged(backend: Backend) -> No
     assert check_lock("k").result == "r"
 
 
+@DATABASE_OUTAGE
 def test_database_down_inside_the_callers_transaction(backend: Backend) -> None:
     # The caller's connection is open in an atomic block; the claim needs a connection
     # of its own (to commit independently), and that one cannot be opened.
-    if not isinstance(backend.store, DatabaseStore):
-        pytest.skip("a database outage concerns the database stores")
     with transaction.atomic(using=backend.alias):
         with (
             database_down(backend.alias, close=False),
@@ -465,11 +467,10 @@ def test_database_down_inside_the_callers_transaction(backend: Backend) -> None:
     assert record.owner_token == lock.token
 
 
+@DATABASE_OUTAGE
 def test_once_with_the_database_down_does_not_run_the_work(
     backend: Backend, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if not isinstance(backend.store, DatabaseStore):
-        pytest.skip("a database outage concerns the database stores")
     sent: list[int] = []
 
     @once(key="welcome_{user_id}")

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ...exceptions import InvalidKey
 from ...keys import validate_key, validate_scope
 from ...stores import get_store
 
@@ -16,8 +17,11 @@ class Command(BaseCommand):
         parser.add_argument("--scope", default="", help="the key's scope (default: empty)")
 
     def handle(self, *args: Any, key: str, scope: str, **options: Any) -> None:
-        validate_key(key)
-        validate_scope(scope)
+        try:
+            validate_key(key)
+            validate_scope(scope)
+        except InvalidKey as exc:
+            raise CommandError(str(exc)) from exc
         if not get_store().force_release(scope, key):
             raise CommandError(f"No record for key {key!r} in scope {scope!r}.")
         self.stdout.write(f"Released {key!r} (scope {scope!r}).")
