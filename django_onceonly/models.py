@@ -99,6 +99,11 @@ class IdempotencyRecord(models.Model):
             models.Index(fields=["status", "-created_at"], name="onceonly_status_created_idx"),
             models.Index(fields=["task_name", "-created_at"], name="onceonly_task_created_idx"),
             models.Index(fields=["-created_at"], name="onceonly_created_idx"),
+            # The admin's key search is "starts with": on PostgreSQL only the pattern
+            # operator class serves LIKE 'prefix%' (under any collation other than C).
+            models.Index(
+                fields=["key"], name="onceonly_key_idx", opclasses=["varchar_pattern_ops"]
+            ),
         ]
 
     def __str__(self) -> str:
