@@ -6,6 +6,7 @@ that start their own instance here, on a free loopback port, in a temporary dire
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -30,10 +31,17 @@ PERSISTENCE: dict[str, list[str]] = {
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A free loopback port whose cluster bus port (+10000) is free too (at most 55535)."""
+    for _ in range(200):
+        port = random.randrange(20000, 55535)
+        try:
+            with socket.socket() as first, socket.socket() as bus:
+                first.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
         return port
+    raise RuntimeError("no free port pair found")
 
 
 class RedisServer:
