@@ -6,6 +6,14 @@ from __future__ import annotations
 class OnceOnlyError(Exception):
     """Base class of every error raised by django-onceonly."""
 
+    # Errors with attributes keep their constructor arguments in ``args`` and their text
+    # here, so that pickling (Celery's prefork pool) and Celery's result backends, which
+    # rebuild an exception as ``cls(*args)``, give back the same class, not a base class.
+    message: str | None = None
+
+    def __str__(self) -> str:
+        return self.message if self.message is not None else super().__str__()
+
 
 class InvalidKey(OnceOnlyError, ValueError):
     """The key or scope is empty, too long or contains a control character.
@@ -24,10 +32,11 @@ class FingerprintMismatch(OnceOnlyError):
         self.key = key
         self.scope = scope
         where = f" in scope {scope!r}" if scope else ""
-        super().__init__(
+        self.message = (
             f"key {key!r}{where} was first used with a different fingerprint; "
             "the same key must always carry the same payload"
         )
+        super().__init__(key, scope)
 
 
 class InProgress(OnceOnlyError):
@@ -40,7 +49,8 @@ class InProgress(OnceOnlyError):
         self.key = key
         self.scope = scope
         self.retry_after = retry_after
-        super().__init__(f"key {key!r} is being processed; retry after {retry_after} seconds")
+        self.message = f"key {key!r} is being processed; retry after {retry_after} seconds"
+        super().__init__(key, retry_after, scope)
 
 
 class IntentBlocked(OnceOnlyError):
@@ -54,10 +64,11 @@ class IntentBlocked(OnceOnlyError):
         self.scope = scope
         self.record_status = record_status
         self.error = error
-        super().__init__(
+        self.message = (
             f"key {key!r} is blocked: its earlier run ended {record_status!r} ({error or 'no error text'}); "
             "release it (admin or `manage.py onceonly_release`) to run it again"
         )
+        super().__init__(key, record_status, error, scope)
 
 
 class LockLost(OnceOnlyError):
@@ -81,7 +92,8 @@ class ResultTooLarge(OnceOnlyError, ValueError):
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
         self.limit = limit
-        super().__init__(
+        self.message = (
             f"result is {size} bytes as JSON, over ONCEONLY_MAX_RESULT_BYTES={limit}; "
             "store a reference (an id or URL) instead of the payload"
         )
+        super().__init__(size, limit)
