@@ -1,0 +1,654 @@
+"""``OnceTask``: a Celery base class whose body runs once per intent.
+
+```python
+@app.task(base=OnceTask, bind=True, acks_late=True, once_key="welcome_email_{user_id}")
+def send_welcome_email(self, user_id):
+    provider.send(..., idempotency_key=self.once.key)
+```
+
+How it works, in the order of a task's life:
+
+1. ``apply_async`` derives the key (and scope) from the call's arguments, bound to the
+   task's real signature with defaults applied, and puts it in the message headers. It
+   is never derived again: retries, redeliveries and waits carry it. A message sent
+   without it (``send_task`` by name) gets its key at its first execution.
+2. Each execution claims the key with :func:`~django_onceonly.check_lock` before the
+   body runs. The owner runs the body and stores its return value; a duplicate returns
+   the stored result, or waits (a Celery retry) while the first run is in progress.
+3. ``self.retry()`` and ``autoretry_for`` hand the claim over to the retry: the retry
+   message carries the owner token and the retry resumes that very claim (the store's
+   "Resume" rule), after the lease was extended to cover the countdown. A redelivered
+   copy of that retry message finds the claim already handed over and is a duplicate.
+4. A lease shorter than the task's hard time limit (or with no time limit at all) is
+   extended by a heartbeat thread while the body runs, so only a dead process loses it.
+
+Requires the ``[celery]`` extra.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from celery import Task, states
+from celery.exceptions import Reject, Retry, TaskPredicate
+from celery.result import AsyncResult, EagerResult
+from celery.utils import uuid
+from django.db import connections
+
+from .conf import conf
+from .exceptions import (
+    InProgress,
+    IntentBlocked,
+    InvalidResult,
+    LockLost,
+    OnceOnlyError,
+    ResultTooLarge,
+    StoreUnavailable,
+)
+from .keys import make_key, validate_scope
+from .locks import Lock, check_lock
+from .stores.base import COMPLETED, IN_PROGRESS, UNKNOWN
+
+__all__ = ["DuplicateTask", "OnceTask"]
+
+logger = logging.getLogger("django_onceonly")
+
+# Message headers. The key and scope travel with every message of an intent; the token
+# only with a retry that resumes its predecessor's claim (or a message claimed at enqueue).
+HEADER_KEY = "onceonly_key"
+HEADER_SCOPE = "onceonly_scope"
+HEADER_TOKEN = "onceonly_token"
+
+ON_DUPLICATE_CHOICES = ("return", "raise")
+ON_IN_PROGRESS_CHOICES = ("retry", "skip", "raise")
+ON_ERROR_CHOICES = ("release", "fail")
+
+# The lease of a task with a hard time limit: the limit, plus this share of it, plus at
+# least this many seconds, so that clock skew between hosts never ends it early.
+LEASE_MARGIN_SHARE = 0.1
+LEASE_MARGIN_MIN = 5.0
+
+_CLAIM_ATTR = "_onceonly_claim"
+
+
+class DuplicateTask(OnceOnlyError):
+    """A ``OnceTask`` with ``once_on_duplicate="raise"`` found its intent already completed.
+
+    ``key``, ``scope``, ``result`` (the stored result) and ``task_id`` (the task that
+    completed it) describe the original. The body did not run.
+    """
+
+    def __init__(self, key: str, scope: str = "", task_id: str = "", result: Any = None) -> None:
+        self.key = key
+        self.scope = scope
+        self.task_id = task_id
+        self.result = result
+        self.message = (
+            f"key {key!r} already completed (task {task_id or 'unknown'}); "
+            "the body did not run again"
+        )
+        super().__init__(key, scope, task_id, result)
+
+
+class _Claim:
+    """What one execution of a ``OnceTask`` holds, kept on its request."""
+
+    __slots__ = ("beat", "handed_over", "key", "lease", "lock", "scope", "settled")
+
+    def __init__(self, key: str, scope: str, lease: float) -> None:
+        self.key = key
+        self.scope = scope
+        self.lease = lease
+        self.lock: Lock | None = None
+        self.beat: _Beat | None = None
+        # True once a published retry carries this claim's token: the claim is its now.
+        self.handed_over = False
+        # True once this execution stored an outcome (e.g. "unknown" from retry()).
+        self.settled = False
+
+    @property
+    def owned(self) -> bool:
+        lock = self.lock
+        return (
+            lock is not None
+            and lock.locked
+            and not lock.unprotected
+            and not self.settled
+            and not self.handed_over
+        )
+
+
+class _Beat:
+    __slots__ = ("active", "due", "lease", "lock", "mutex")
+
+    def __init__(self, lock: Lock, lease: float) -> None:
+        self.lock = lock
+        self.lease = lease
+        self.due = time.monotonic() + lease / 3
+        self.active = True
+        # Held while extending, so that stopping a beat waits for an extend in flight and
+        # no late heartbeat can shorten a lease the task itself has just set.
+        self.mutex = threading.Lock()
+
+
+class _Heartbeat:
+    """One daemon thread per process that extends the leases of long-running claims.
+
+    Every third of its lease, each running claim's lease is pushed to a full lease from
+    now through :meth:`Lock.extend`. A claim is registered when its body starts and
+    removed in ``finally``; a task that finishes within a third of its lease never
+    causes a write. The thread uses its own database connection and closes it when
+    ``CONN_MAX_AGE`` says so, like a request would.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._beats: set[_Beat] = set()
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self, lock: Lock, lease: float) -> _Beat:
+        beat = _Beat(lock, lease)
+        with self._cond:
+            if self._pid != os.getpid():
+                # A forked child (prefork pool) inherits neither the thread nor the claims.
+                self._beats = set()
+                self._thread = None
+                self._pid = os.getpid()
+            self._beats.add(beat)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="onceonly-heartbeat", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return beat
+
+    def stop(self, beat: _Beat) -> None:
+        with beat.mutex:
+            beat.active = False
+        with self._cond:
+            self._beats.discard(beat)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [beat for beat in self._beats if beat.due <= now]
+                if not due:
+                    upcoming = min((beat.due for beat in self._beats), default=None)
+                    self._cond.wait(None if upcoming is None else upcoming - now)
+                    continue
+            for beat in due:
+                self._beat(beat)
+            for conn in connections.all(initialized_only=True):
+                conn.close_if_unusable_or_obsolete()
+
+    def _beat(self, beat: _Beat) -> None:
+        with beat.mutex:
+            if not beat.active:
+                return
+            beat.due = time.monotonic() + beat.lease / 3
+            try:
+                beat.lock.extend(beat.lease)
+            except LockLost:
+                beat.active = False
+                logger.warning(
+                    "django-onceonly: heartbeat lost key %r: its lease was taken over",
+                    beat.lock.key,
+                )
+            except StoreUnavailable as exc:
+                # Try again at the next beat; the lease still runs until then.
+                logger.warning(
+                    "django-onceonly: heartbeat could not extend key %r: %s", beat.lock.key, exc
+                )
+        if not beat.active:
+            with self._cond:
+                self._beats.discard(beat)
+
+
+_heartbeat = _Heartbeat()
+
+
+def _static_option(cls: type, name: str) -> Any:
+    """A class attribute as set, without binding a function set as an option to the task."""
+    value = inspect.getattr_static(cls, name)
+    if isinstance(value, staticmethod):
+        value = value.__func__
+    return value
+
+
+def _check_choice(cls: type, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cls, name)
+    if value not in choices:
+        raise ValueError(f"{cls.__name__}.{name} must be one of {choices}, not {value!r}")
+
+
+def _current_claim(task: Task[..., Any]) -> _Claim | None:
+    claim: _Claim | None = getattr(task.request, _CLAIM_ATTR, None)
+    return claim
+
+
+class OnceTask(Task[..., Any]):
+    """A Celery task whose body runs once per intent; every other run gets its result.
+
+    Options, set in the decorator (``@app.task(base=OnceTask, once_key=...)``) or as
+    class attributes of a subclass:
+
+    - ``once_key``: a template formatted with the bound arguments
+      (``"welcome_email_{user_id}"``) or a callable taking the task's arguments; default:
+      the task name plus a hash of the canonically serialised arguments.
+    - ``once_scope``: a string, or a callable taking the task's arguments.
+    - ``once_ttl``: how long the finished record blocks duplicates (``ONCEONLY_TTL``).
+    - ``once_lease``: default the hard time limit plus a margin, else ``ONCEONLY_LEASE``.
+    - ``once_on_duplicate``: ``"return"`` the stored result, or ``"raise"``
+      :class:`DuplicateTask`.
+    - ``once_on_in_progress``: ``"retry"`` with a countdown of the lease left,
+      ``"skip"`` (return ``None``) or ``"raise"`` :class:`~django_onceonly.InProgress`.
+    - ``once_on_error``: ``"release"`` the claim so a later attempt runs, or ``"fail"``.
+    - ``once_ambiguous``: exception types whose outcome is unknown; the record turns
+      ``unknown`` and the task is not retried, even by ``autoretry_for``.
+    - ``once_enqueue``: also deduplicate at ``apply_async``.
+
+    Inside the body, ``self.once`` is the :class:`~django_onceonly.Lock` this run holds.
+    """
+
+    once_key: ClassVar[str | Callable[..., str] | None] = None
+    once_scope: ClassVar[str | Callable[..., str]] = ""
+    once_ttl: ClassVar[float | dt.timedelta | None] = None
+    once_lease: ClassVar[float | dt.timedelta | None] = None
+    once_on_duplicate: ClassVar[str] = "return"
+    once_on_in_progress: ClassVar[str] = "retry"
+    once_on_error: ClassVar[str] = "release"
+    once_ambiguous: ClassVar[tuple[type[BaseException], ...]] = ()
+    once_enqueue: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Celery builds a subclass for each decorated function, so a bad option fails
+        # when the task module is imported, not when the first message arrives.
+        super().__init_subclass__(**kwargs)
+        _check_choice(cls, "once_on_duplicate", ON_DUPLICATE_CHOICES)
+        _check_choice(cls, "once_on_in_progress", ON_IN_PROGRESS_CHOICES)
+        _check_choice(cls, "once_on_error", ON_ERROR_CHOICES)
+        ambiguous = cls.once_ambiguous
+        if isinstance(ambiguous, type):
+            ambiguous = (ambiguous,)
+        ambiguous = tuple(ambiguous)
+        for kind in ambiguous:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise TypeError(
+                    f"{cls.__name__}.once_ambiguous must hold exception types, not {kind!r}"
+                )
+        cls.once_ambiguous = ambiguous
+        key = _static_option(cls, "once_key")
+        if key is not None and not isinstance(key, str) and not callable(key):
+            raise TypeError(f"{cls.__name__}.once_key must be a str, a callable or None")
+        scope = _static_option(cls, "once_scope")
+        if isinstance(scope, str):
+            validate_scope(scope)
+        elif not callable(scope):
+            raise TypeError(f"{cls.__name__}.once_scope must be a str or a callable")
+
+    # -- the claim this run holds ----------------------------------------------------
+
+    @property
+    def once(self) -> Lock:
+        """The :class:`~django_onceonly.Lock` of the running body (its key, token, ...)."""
+        claim = _current_claim(self)
+        if claim is None or claim.lock is None:
+            raise RuntimeError("self.once is only set while the body of a OnceTask runs")
+        return claim.lock
+
+    def _once_identity(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str]:
+        """The ``(key, scope)`` of a call with these arguments."""
+        cls = type(self)
+        # The signature users wrote: without `self` for bind=True, and not the wrapper
+        # that autoretry_for puts around `run`.
+        run = getattr(self, "_orig_run", None) or self.run
+        key = make_key(_static_option(cls, "once_key"), run, args, kwargs, name=self.name)
+        scope = _static_option(cls, "once_scope")
+        if callable(scope):
+            scope = scope(*args, **kwargs)
+        return key, validate_scope(scope)
+
+    def _hard_time_limit(self) -> float | None:
+        request = self.request
+        limit = request.timelimit[0] if request.timelimit else None
+        limit = limit or self.time_limit or self.app.conf.task_time_limit
+        return float(limit) if limit else None
+
+    def _lease_seconds(self, hard_limit: float | None) -> float:
+        lease = self.once_lease
+        if lease is not None:
+            return lease.total_seconds() if isinstance(lease, dt.timedelta) else float(lease)
+        if hard_limit:
+            return hard_limit + max(LEASE_MARGIN_MIN, hard_limit * LEASE_MARGIN_SHARE)
+        return float(conf.ONCEONLY_LEASE)
+
+    # -- execution -------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.called_directly:
+            # A direct call (`task(...)`) has no request yet; Task.__call__ would push
+            # one the same way. It is protected like a message, but cannot wait.
+            self.push_request(args=args, kwargs=kwargs)
+            try:
+                return self._run_once(args, kwargs)
+            finally:
+                self.pop_request()
+        return self._run_once(args, kwargs)
+
+    def _run_once(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        request = self.request
+        headers = request.headers or {}
+        key = headers.get(HEADER_KEY)
+        if isinstance(key, str):
+            scope = str(headers.get(HEADER_SCOPE) or "")
+        else:
+            key, scope = self._once_identity(args, kwargs)
+        hard_limit = self._hard_time_limit()
+        claim = _Claim(key, scope, self._lease_seconds(hard_limit))
+        setattr(request, _CLAIM_ATTR, claim)
+        try:
+            lock = check_lock(
+                key,
+                scope=scope,
+                ttl=self.once_ttl,
+                lease=claim.lease,
+                on_error=self.once_on_error,
+                task_name=self.name,
+                task_id=request.id or "",
+                _resume_token=str(headers.get(HEADER_TOKEN) or ""),
+            )
+        except StoreUnavailable as exc:
+            # Fail closed: the body does not run unprotected; the task retries on its
+            # own retry policy (default_retry_delay, max_retries).
+            logger.warning(
+                "django-onceonly: store unavailable for task %s key %r; retrying: %s",
+                self.name,
+                key,
+                exc,
+            )
+            raise self.retry(exc=exc) from exc
+        claim.lock = lock
+        if lock.duplicate:
+            return self._answer_duplicate(lock)
+        if not lock.unprotected and (hard_limit is None or claim.lease < hard_limit):
+            claim.beat = _heartbeat.start(lock, claim.lease)
+        try:
+            result = self.run(*args, **kwargs)
+        except Retry:
+            if not claim.handed_over:
+                # Retry raised without a message carrying our token (a hand-made
+                # Retry, or a retry that was never published): give the key back.
+                self._settle_error(claim, None)
+            raise
+        except Exception as exc:
+            self._settle_error(claim, exc)
+            raise
+        # Anything else (SystemExit, KeyboardInterrupt) is an interrupted run: its outcome
+        # is unknown, so the claim is left to its lease and ONCEONLY_AFTER_LEASE.
+        finally:
+            if claim.beat is not None:
+                _heartbeat.stop(claim.beat)
+        try:
+            lock.complete(result)
+        except (InvalidResult, ResultTooLarge):
+            # The result is refused before anything is written: free the claim and fail
+            # the task with the store's clear message.
+            self._settle_error(claim, None)
+            raise
+        return result
+
+    def _settle_error(self, claim: _Claim, exc: BaseException | None) -> None:
+        lock = claim.lock
+        if lock is None or not claim.owned:
+            return
+        claim.settled = True
+        action = "release"
+        try:
+            if exc is not None and isinstance(exc, self.once_ambiguous):
+                action = "mark unknown"
+                lock.fail(exc, outcome_unknown=True)
+            elif (
+                exc is not None
+                and self.once_on_error == "fail"
+                and not isinstance(exc, TaskPredicate)
+            ):
+                action = "fail"
+                lock.fail(exc)
+            else:
+                lock.release()
+        except OnceOnlyError:
+            # The task's own exception matters more; the lease will end on its own.
+            logger.exception(
+                "django-onceonly: could not %s key %r after an error", action, lock.key
+            )
+
+    def _answer_duplicate(self, lock: Lock) -> Any:
+        status = lock.record_status
+        if status == COMPLETED:
+            if self.once_on_duplicate == "raise":
+                raise DuplicateTask(lock.key, lock.scope, lock.task_id, lock.result)
+            return lock.result
+        if status == IN_PROGRESS:
+            if self.once_on_in_progress == "skip":
+                return None
+            request = self.request
+            if self.once_on_in_progress == "raise" or request.called_directly or request.is_eager:
+                raise InProgress(lock.key, lock.retry_after, lock.scope)
+            self._wait_for(lock)
+        raise IntentBlocked(lock.key, status or UNKNOWN, lock.error, lock.scope)
+
+    def _wait_for(self, lock: Lock) -> None:
+        """Send this message again after the lease left, without using up a retry."""
+        request = self.request
+        countdown = lock.retry_after or 1
+        signature = self.signature_from_request(
+            request, countdown=countdown, headers=self._headers(token=None)
+        )
+        waiting = InProgress(lock.key, lock.retry_after, lock.scope)
+        try:
+            signature.apply_async()
+        except Exception as exc:
+            # As Task.retry does when it cannot publish.
+            raise Reject(exc, requeue=False) from exc
+        raise Retry(exc=waiting, when=float(countdown), sig=signature)  # type: ignore[arg-type]
+
+    def _headers(self, *, token: str | None) -> dict[str, Any]:
+        claim = _current_claim(self)
+        headers = dict(self.request.headers or {})
+        headers.pop(HEADER_TOKEN, None)
+        if claim is not None:
+            headers[HEADER_KEY] = claim.key
+            headers[HEADER_SCOPE] = claim.scope
+        if token:
+            headers[HEADER_TOKEN] = token
+        return headers
+
+    def retry(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        eta: dt.datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """``Task.retry`` that hands this run's claim over to the retry message.
+
+        The lease is first extended to cover the countdown (or ETA) plus a lease, then
+        the retry is published with the owner token in its headers, and resumes the
+        claim when it runs. An ``exc`` listed in ``once_ambiguous`` is not retried: the
+        record turns ``unknown`` and ``exc`` is raised.
+        """
+        claim = _current_claim(self)
+        if claim is None:
+            return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        lock = claim.lock
+        owned = claim.owned and lock is not None
+        if owned and exc is not None and isinstance(exc, self.once_ambiguous):
+            self._settle_error(claim, exc)
+            raise exc
+        token: str | None = None
+        if owned and lock is not None:
+            if claim.beat is not None:
+                _heartbeat.stop(claim.beat)
+            delay = self._retry_delay(eta, countdown)
+            try:
+                lock.extend(delay + claim.lease)
+            except LockLost:
+                owned = False
+                logger.warning("django-onceonly: key %r was taken over before its retry", lock.key)
+            except StoreUnavailable as exc_store:
+                # The retry still resumes the claim if nobody acted on the lease.
+                logger.warning(
+                    "django-onceonly: could not extend key %r for its retry: %s",
+                    lock.key,
+                    exc_store,
+                )
+            if owned:
+                token = lock.token
+        headers = self._headers(token=token)
+        headers.update(
+            {
+                name: value
+                for name, value in (options.pop("headers", None) or {}).items()
+                if not name.startswith("onceonly_")
+            }
+        )
+        try:
+            answer = super().retry(
+                args, kwargs, exc, throw, eta, countdown, max_retries, headers=headers, **options
+            )
+        except Retry:
+            claim.handed_over = claim.handed_over or owned
+            raise
+        claim.handed_over = claim.handed_over or owned
+        return answer
+
+    def _retry_delay(self, eta: dt.datetime | None, countdown: float | None) -> float:
+        if eta is not None:
+            now = dt.datetime.now(dt.UTC)
+            if eta.tzinfo is None:
+                now = now.replace(tzinfo=None)  # Celery reads a naive ETA as UTC
+            return max(0.0, (eta - now).total_seconds())
+        if countdown is not None:
+            return max(0.0, float(countdown))
+        return float(self.default_retry_delay or 0)
+
+    # -- publishing ------------------------------------------------------------------
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Publish with the intent's key in the headers; with ``once_enqueue``, once.
+
+        With ``once_enqueue=True`` the key is claimed before publishing: an intent that
+        is completed returns the original's result, one that is queued or running the
+        original's ``AsyncResult``, and nothing is published. If publishing fails the
+        claim is released. Members of a canvas (chains, groups, chords, links) are always
+        published and deduplicated when they run, so that the canvas completes.
+        """
+        headers: dict[str, Any] = dict(options.pop("headers", None) or {})
+        if HEADER_KEY in headers:
+            # A retry, a wait or a re-send of a message: it keeps the key it was given.
+            return super().apply_async(
+                args,
+                kwargs,
+                task_id,
+                producer,
+                link,
+                link_error,
+                shadow,
+                headers=headers,
+                **options,
+            )
+        key, scope = self._once_identity(tuple(args or ()), dict(kwargs or {}))
+        headers[HEADER_KEY] = key
+        headers[HEADER_SCOPE] = scope
+        headers.pop(HEADER_TOKEN, None)
+        in_canvas = bool(
+            link
+            or link_error
+            or options.get("chain")
+            or options.get("chord")
+            or options.get("group_id")
+        )
+        if not self.once_enqueue or in_canvas or self.app.conf.task_always_eager:
+            return super().apply_async(
+                args,
+                kwargs,
+                task_id,
+                producer,
+                link,
+                link_error,
+                shadow,
+                headers=headers,
+                **options,
+            )
+
+        task_id = task_id or uuid()
+        limit = options.get("time_limit") or self.time_limit or self.app.conf.task_time_limit
+        lease = self._lease_seconds(float(limit) if limit else None)
+        lease += self._retry_delay(options.get("eta"), options.get("countdown"))
+        lock = check_lock(
+            key,
+            scope=scope,
+            ttl=self.once_ttl,
+            lease=lease,
+            task_name=self.name,
+            task_id=task_id,
+        )
+        if lock.duplicate:
+            return self._original_result(lock)
+        if lock.token:
+            headers[HEADER_TOKEN] = lock.token
+        try:
+            return super().apply_async(
+                args,
+                kwargs,
+                task_id,
+                producer,
+                link,
+                link_error,
+                shadow,
+                headers=headers,
+                **options,
+            )
+        except BaseException:
+            # Nothing may be left claiming an intent that was never queued.
+            try:
+                lock.release()
+            except OnceOnlyError:
+                logger.exception(
+                    "django-onceonly: could not release key %r after a failed publish", key
+                )
+            raise
+
+    def _original_result(self, lock: Lock) -> AsyncResult[Any]:
+        if lock.record_status == COMPLETED:
+            # From the store, so it holds even when the result backend has forgotten it.
+            return EagerResult(lock.task_id or uuid(), lock.result, states.SUCCESS, name=self.name)
+        if lock.task_id:
+            return self.AsyncResult(lock.task_id)
+        if lock.record_status == IN_PROGRESS:
+            raise InProgress(lock.key, lock.retry_after, lock.scope)
+        raise IntentBlocked(lock.key, lock.record_status or UNKNOWN, lock.error, lock.scope)
