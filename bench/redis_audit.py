@@ -31,9 +31,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import django  # noqa: E402
-import redis  # noqa: E402
-from django.conf import settings  # noqa: E402
+import django
+import redis
+from django.conf import settings
 
 RESULT = {"message_id": "bench-0001", "accepted": True}
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -46,8 +46,21 @@ def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], int]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     process = subprocess.Popen(
-        [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--dir", directory]
-        + ["--save", "", "--appendonly", "no", "--logfile", os.path.join(directory, "log")]
+        [
+            REDIS_SERVER,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            directory,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            os.path.join(directory, "log"),
+        ]
     )
     client = redis.Redis(port=port)
     for _ in range(200):
