@@ -114,7 +114,17 @@ def make_app(broker: str, queue: str, *, visibility_timeout: float | None = None
             "unacked_restore_throttle": 1,
         }
     app.conf.update(
-        task_queues=[Queue(queue, routing_key=queue, durable=False, auto_delete=True)],
+        # Not auto_delete: a message requeued when its only consumer died must survive.
+        # RabbitMQ drops the queue itself ten minutes after its last consumer left, should
+        # the fixtures not get to delete it.
+        task_queues=[
+            Queue(
+                queue,
+                routing_key=queue,
+                durable=False,
+                queue_arguments={"x-expires": 600_000},
+            )
+        ],
         task_default_queue=queue,
         task_default_routing_key=queue,
         task_serializer="json",

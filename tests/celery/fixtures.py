@@ -254,15 +254,20 @@ class Running:
     broker: str
 
 
+def delete_queue(tasks: Tasks) -> None:
+    with tasks.app.connection_for_write() as connection:
+        connection.default_channel.queue_delete(tasks.queue)
+
+
 def _running(env: CeleryEnv, name: str, broker: str, **options: Any) -> Iterator[Running]:
     queue = f"onceonly-{name}-{SESSION}"
     worker = start_worker(env, name=name, broker=broker, queue=queue, **options)
+    tasks = make_app(broker, queue, **options)
     try:
-        yield Running(
-            tasks=make_app(broker, queue, **options), worker=worker, env=env, broker=broker
-        )
+        yield Running(tasks=tasks, worker=worker, env=env, broker=broker)
     finally:
         worker.stop()
+        delete_queue(tasks)
 
 
 @pytest.fixture(scope="session")
