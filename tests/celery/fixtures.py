@@ -255,8 +255,17 @@ class Running:
 
 
 def delete_queue(tasks: Tasks) -> None:
+    """Delete the session's queue and the exchange of the same name Celery declared."""
     with tasks.app.connection_for_write() as connection:
-        connection.default_channel.queue_delete(tasks.queue)
+        channel = connection.default_channel
+        channel.queue_delete(tasks.queue)
+        channel.exchange_delete(tasks.queue)
+        if connection.transport_cls == "redis":
+            # Kombu keeps the binding in Redis; deleting the queue does not remove it.
+            channel.client.delete(
+                channel.keyprefix_queue % tasks.queue,
+                channel.keyprefix_binding_permanent % tasks.queue,
+            )
 
 
 def _running(env: CeleryEnv, name: str, broker: str, **options: Any) -> Iterator[Running]:
