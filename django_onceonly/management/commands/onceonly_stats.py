@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from ...stats import COUNT_CAP, RecordLine, Summary, summarize
 
@@ -52,7 +53,8 @@ def render(summary: Summary) -> str:
     hours = int(summary.window.total_seconds() // 3600)
     width = 36
     out = [
-        f"Sent intents in database {summary.database!r} at {summary.now:%Y-%m-%d %H:%M:%S %Z}",
+        f"Sent intents in database {summary.database!r} at "
+        f"{timezone.localtime(summary.now):%Y-%m-%d %H:%M:%S %Z}",
         "",
         "Records by status:",
     ]
@@ -76,10 +78,10 @@ def render(summary: Summary) -> str:
         out += [_line(line) for line in summary.top_keys]
     if summary.needs_attention:
         out += ["", "Unknown or stuck (newest first):"]
-        out += [f"  {'created':<20}  {'status':<11}  {'scope':<16}  key"]
+        out += [f"  {'created':<19}  {'status':<11}  {'scope':<16}  key"]
         out += [
-            f"  {line.created_at:%Y-%m-%d %H:%M:%S}  {line.status:<11}  {line.scope or '-':<16}  "
-            f"{line.key}"
+            f"  {timezone.localtime(line.created_at):%Y-%m-%d %H:%M:%S}  {line.status:<11}  "
+            f"{line.scope or '-':<16}  {line.key}"
             for line in summary.needs_attention
         ]
     if not summary.exact:
