@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from typing import Any
 
@@ -362,13 +363,38 @@ def test_sqlite_has_no_estimate_so_counts_stay_exact() -> None:
 
 
 @pytest.mark.django_db
-def test_the_list_says_about_when_the_count_is_an_estimate(admin_client: Client) -> None:
+def test_a_small_list_shows_its_exact_count(admin_client: Client) -> None:
     make(key="k")
 
     html = admin_client.get(reverse(CHANGELIST)).content.decode()
 
     assert "1 sent intent" in html
     assert "(estimated)" not in html
+
+
+@pytest.mark.parametrize("backend", backend_params("postgres"), indirect=True)
+def test_a_big_list_says_about_and_estimated(backend: Backend, admin_client: Client) -> None:
+    with connections[backend.alias].cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO django_onceonly_idempotencyrecord (scope, key, status, owner_token, "
+            "fingerprint, error, task_name, task_id, metadata, created_at, updated_at, "
+            "duplicates_blocked) SELECT '', 'k' || g, 'completed', md5(g::text), '', '', '', '', "
+            "'{}', now(), now(), 0 FROM generate_series(1, 12000) AS g"
+        )
+        cursor.execute("ANALYZE django_onceonly_idempotencyrecord")
+
+    response = admin_client.get(reverse(CHANGELIST))
+
+    html = response.content.decode()
+    assert not response.context["cl"].paginator.counted.exact
+    assert re.search(r"about [\d,]+ sent intents", html)
+    assert "(estimated)" in html
+    searched = admin_client.get(reverse(CHANGELIST), {"q": "k1199"})
+    assert searched.context["cl"].paginator.counted.exact
+    assert {r.key for r in searched.context["cl"].result_list} == {
+        "k1199",
+        *(f"k1199{n}" for n in range(10)),
+    }
 
 
 # -- release -------------------------------------------------------------------------------
