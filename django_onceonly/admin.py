@@ -279,16 +279,27 @@ class RecordChangeList(ChangeList):
         def link(filters: dict[str, Any]) -> str:
             return str(self.get_query_string(filters, [f"{field_name}__"]))
 
-        first = last = None
-        if not (year or month or day):
+        if not year:
+            # A month or day without a year is an ordinary filter; drill down from the top.
             bounds = self.queryset.order_by().aggregate(first=Min(field_name), last=Max(field_name))
             if bounds["first"] is None:
                 return {"show": False}
             first, last = _local(bounds["first"]), _local(bounds["last"])
-            if first.year == last.year:
-                year = first.year
-                if first.month == last.month:
-                    month = first.month
+            if first.year != last.year:
+                start = _truncate(first, "year")
+                end = _next_bucket(_truncate(last, "year"), "year")
+                years = self._buckets("year", _aware(start), _aware(end))
+                return {
+                    "show": True,
+                    "back": None,
+                    "choices": [
+                        {"link": link({year_field: str(y.year)}), "title": str(y.year)}
+                        for y in years
+                    ],
+                }
+            year = first.year
+            if first.month == last.month:
+                month = first.month
         try:
             if year and month and day:
                 chosen = dt.date(int(year), int(month), int(day))
@@ -331,20 +342,8 @@ class RecordChangeList(ChangeList):
                     ],
                 }
         except (ValueError, OverflowError):
-            return {"show": False}
-        assert first is not None
-        assert last is not None
-        start = _truncate(first, "year")
-        years = self._buckets(
-            "year", _aware(start), _aware(_next_bucket(_truncate(last, "year"), "year"))
-        )
-        return {
-            "show": True,
-            "back": None,
-            "choices": [
-                {"link": link({year_field: str(y.year)}), "title": str(y.year)} for y in years
-            ],
-        }
+            pass
+        return {"show": False}
 
 
 # -- releasing -------------------------------------------------------------------------

@@ -301,6 +301,10 @@ def test_date_drill_down_lists_only_days_that_have_records(admin_client: Client)
         {"created_at__year": "2026", "created_at__month": "5", "created_at__day": "3"},
     )
     assert len(listed.context["cl"].result_list) == 2
+    # A month without a year is a plain filter: the drill-down starts from the years.
+    month_only = admin_client.get(reverse(CHANGELIST), {"created_at__month": "11"})
+    assert month_only.status_code == 200
+    assert {r.key for r in month_only.context["cl"].result_list} == {"other-year"}
 
 
 @pytest.mark.django_db
