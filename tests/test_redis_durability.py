@@ -18,11 +18,9 @@ import pytest
 from django_onceonly import check_lock
 from django_onceonly.locks import Lock
 from django_onceonly.stores import get_store
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, needs_redis_server
 
-pytestmark = pytest.mark.skipif(
-    not Path(REDIS_SERVER).exists(), reason=f"{REDIS_SERVER} is not installed"
-)
+pytestmark = needs_redis_server
 
 RECORDS = 50
 

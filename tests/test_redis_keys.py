@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,11 +22,7 @@ from django_onceonly.models import IdempotencyRecord
 from django_onceonly.stores import RedisStore, get_store
 from django_onceonly.stores.audit import sync_audit
 from tests.conftest import delete_redis_test_keys
-from tests.redis_server import REDIS_SERVER, RedisServer
-
-needs_binary = pytest.mark.skipif(
-    not Path(REDIS_SERVER).exists(), reason=f"{REDIS_SERVER} is not installed"
-)
+from tests.redis_server import RedisServer, needs_redis_server
 
 AWKWARD_KEYS = [
     ("", "welcome_email_1"),
@@ -71,7 +66,7 @@ def use_cache(settings: Any, alias: str, entry: dict[str, Any]) -> RedisStore:
     return store
 
 
-@needs_binary
+@needs_redis_server
 def test_crc16_agrees_with_the_cluster_specification_and_the_server(
     cluster_node: RedisServer,
 ) -> None:
@@ -93,7 +88,7 @@ def test_crc16_agrees_with_the_cluster_specification_and_the_server(
         assert client.execute_command("CLUSTER", "KEYSLOT", name) == key_slot(name)
 
 
-@needs_binary
+@needs_redis_server
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_the_keys_of_one_record_share_a_hash_slot(
     settings: Any, cluster_node: RedisServer, prefix: str
@@ -109,7 +104,7 @@ def test_the_keys_of_one_record_share_a_hash_slot(
         assert slots == {key_slot(keys.record.encode())}
 
 
-@needs_binary
+@needs_redis_server
 @pytest.mark.django_db(transaction=True)
 def test_every_operation_runs_on_a_cluster_node_without_crossslot(
     settings: Any, cluster_node: RedisServer
@@ -138,7 +133,7 @@ def test_every_operation_runs_on_a_cluster_node_without_crossslot(
     assert IdempotencyRecord.objects.filter(status="unknown").count() == len(AWKWARD_KEYS)
 
 
-@needs_binary
+@needs_redis_server
 def test_an_empty_hash_tag_in_the_prefix_is_refused(
     settings: Any, cluster_node: RedisServer
 ) -> None:

@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 
 from django_onceonly import StoreUnavailable, check_lock, once
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, needs_redis_server
 
-pytestmark = pytest.mark.skipif(
-    not Path(REDIS_SERVER).exists(), reason=f"{REDIS_SERVER} is not installed"
-)
+pytestmark = needs_redis_server
 
 
 @pytest.fixture

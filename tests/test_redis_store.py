@@ -20,7 +20,7 @@ from django_onceonly import LockLost, StoreUnavailable, check_lock
 from django_onceonly.stores import RedisStore, get_store
 from django_onceonly.stores.base import ClaimRequest
 from tests.conftest import delete_redis_test_keys
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, needs_redis_server
 
 UTC = dt.UTC
 
@@ -203,7 +203,7 @@ def test_a_cache_that_is_not_django_redis_is_refused(settings: Any) -> None:
         check_lock("k")
 
 
-@pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason=f"{REDIS_SERVER} is not installed")
+@needs_redis_server
 def test_a_server_out_of_memory_is_unavailable_and_nothing_is_half_written(
     tmp_path: Path, settings: Any
 ) -> None:
