@@ -1,0 +1,289 @@
+"""Throughput of ``OnceTask`` against a plain Celery ``Task``, with a real worker and broker.
+
+    .venv/bin/python bench/tasks.py [--n 2000] [--rounds 3] [--broker redis://127.0.0.1:6379/10]
+
+One worker (``celery worker -P prefork -c 2``, started by this script, consuming queues
+of its own) runs N no-op tasks of each kind per round, in the same run:
+
+- ``plain``: ``@app.task(ignore_result=True) def noop(run, i)``;
+- ``once``: the same body with ``base=OnceTask, once_key="bench-{run}-{i}"``: every
+  message is a new intent, so each execution claims its key and stores its result
+  (``DatabaseStore`` on PostgreSQL, a scratch database this script creates and drops);
+- ``duplicate``: ``once`` messages for intents that already completed (each execution
+  answers with the stored result).
+
+For each round the N messages are first published to a queue nobody consumes; the
+clock starts when the worker is told to consume it (``add_consumer``) and stops when the
+N-th task has finished (a ``task_postrun`` receiver counts them in Redis, for every kind
+alike). Kinds alternate within a round; each figure is the median over the rounds.
+The worker's database connection is persistent (``CONN_MAX_AGE=None``), as it should be
+in any worker that uses the database on every task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import django
+from django.conf import settings
+
+BROKER = os.environ.get("ONCEONLY_BENCH_BROKER", "redis://127.0.0.1:6379/10")
+DB_NAME = os.environ.get("ONCEONLY_BENCH_TASKS_DB", "onceonly_bench_tasks")
+REDIS_STORE = os.environ.get("ONCEONLY_BENCH_REDIS_STORE", "redis://127.0.0.1:6379/11")
+COUNTER = "onceonly-bench-tasks:done:{}"
+STORES = {
+    "database": "django_onceonly.stores.DatabaseStore",
+    "redis": "django_onceonly.stores.RedisStore",
+}
+TARGET = 0.7  # OnceTask throughput at least this share of the plain task's
+
+
+def _configure() -> None:
+    settings.configure(
+        DEBUG=False,
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        INSTALLED_APPS=["django_onceonly"],
+        DATABASES={
+            "default": {
+                "ENGINE": "django.db.backends.postgresql",
+                # The worker gets the scratch database's real name from the script.
+                "NAME": os.environ.get("ONCEONLY_BENCH_WORKER_DB", "postgres"),
+                "USER": os.environ.get("ONCEONLY_BENCH_PG_USER", "postgres"),
+                "PASSWORD": os.environ.get("ONCEONLY_BENCH_PG_PASSWORD", ""),
+                "HOST": os.environ.get("ONCEONLY_BENCH_PG_HOST", "127.0.0.1"),
+                "PORT": os.environ.get("ONCEONLY_BENCH_PG_PORT", "5432"),
+                "CONN_MAX_AGE": None,
+                "OPTIONS": {"server_side_binding": os.environ.get("ONCEONLY_BENCH_SSB") == "1"},
+                "TEST": {"NAME": DB_NAME},
+            }
+        },
+        CACHES={
+            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+            "onceonly": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": REDIS_STORE,
+                "KEY_PREFIX": os.environ.get("ONCEONLY_BENCH_REDIS_PREFIX", "onceonly-bench"),
+            },
+        },
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        LOGGING_CONFIG=None,
+        ONCEONLY_STORE=STORES[os.environ.get("ONCEONLY_BENCH_STORE", "database")],
+        ONCEONLY_DATABASE="default",
+        ONCEONLY_REDIS_CACHE="onceonly",
+    )
+    django.setup()
+
+
+_configure()
+
+from celery import Celery, signals  # noqa: E402
+
+from django_onceonly.celery import OnceTask  # noqa: E402
+
+app = Celery("onceonly_bench", broker=BROKER, set_as_current=False)
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_ignore_result=True,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+)
+
+
+@app.task(name="bench.noop", shared=False)
+def noop(run: str, i: int) -> None:
+    return None
+
+
+@app.task(name="bench.once_noop", base=OnceTask, shared=False, once_key="bench-{run}-{i}")
+def once_noop(run: str, i: int) -> None:
+    return None
+
+
+_redis: Any = None
+
+
+@signals.task_postrun.connect
+def _count(task: Any = None, **_: Any) -> None:
+    global _redis
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(BROKER)
+    _redis.incr(COUNTER.format(task.request.delivery_info.get("routing_key", "")))
+
+
+# -- the script ----------------------------------------------------------------------------
+
+
+def start_worker(
+    db_name: str, idle_queue: str, hostname: str, log: str, concurrency: int, store: str
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ONCEONLY_BENCH_WORKER_DB": db_name, "ONCEONLY_BENCH_STORE": store}
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.tasks",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        str(concurrency),
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-Q",
+        idle_queue,
+        "-n",
+        hostname,
+        "--loglevel",
+        "WARNING",
+    ]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 60
+    while not app.control.ping(destination=[hostname], timeout=0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_worker(process)
+            with open(log, errors="replace") as file:
+                raise RuntimeError(f"the worker did not start:\n{file.read()[-3000:]}")
+    return process
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def measure(kind: str, n: int, hostname: str, client: Any, completed_run: str) -> float:
+    """Tasks per second for one round of ``n`` tasks of ``kind``."""
+    queue = f"onceonly-bench-{kind}-{uuid.uuid4().hex[:8]}"
+    run = uuid.uuid4().hex[:12]
+    task: Any = noop if kind == "plain" else once_noop
+    if kind == "duplicate":
+        run = completed_run
+    with app.producer_or_acquire() as producer:
+        for i in range(n):
+            task.apply_async((run, i), queue=queue, producer=producer)
+    counter = COUNTER.format(queue)
+    client.delete(counter)
+    started = time.perf_counter()
+    app.control.add_consumer(queue, destination=[hostname], reply=True, timeout=10)
+    while int(client.get(counter) or 0) < n:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    app.control.cancel_consumer(queue, destination=[hostname], reply=True, timeout=10)
+    client.delete(counter, queue, f"_kombu.binding.{queue}")
+    return n / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="tasks per kind per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (median)")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
+    parser.add_argument(
+        "--store", choices=sorted(STORES), default="database", help="the worker's ONCEONLY_STORE"
+    )
+    parser.add_argument(
+        "--no-fsync-wait",
+        action="store_true",
+        help="set synchronous_commit=off on the scratch database: shows what is left "
+        "of the cost when commits do not wait for the disk (NOT a safe setting for records)",
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 below the target")
+    args = parser.parse_args(argv)
+
+    import redis
+    from django.db import connections
+    from django.utils.module_loading import import_string
+
+    client = redis.Redis.from_url(BROKER)
+    store = import_string(STORES[args.store])()
+    connection = connections["default"]
+    old_name = connection.settings_dict["NAME"]
+    db_name = connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    if args.no_fsync_wait:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"ALTER DATABASE {connection.ops.quote_name(db_name)} SET synchronous_commit = off"
+            )
+    hostname = f"bench-{uuid.uuid4().hex[:8]}@127.0.0.1"
+    idle = f"onceonly-bench-idle-{uuid.uuid4().hex[:8]}"
+    log = os.path.join("/tmp", f"onceonly-bench-tasks-{os.getpid()}.log")
+    process = start_worker(db_name, idle, hostname, log, args.concurrency, args.store)
+    figures: dict[str, list[float]] = {"plain": [], "once": [], "duplicate": []}
+    try:
+        # Warm-up (and the completed intents the "duplicate" rounds ask for again).
+        completed = uuid.uuid4().hex[:12]
+        warm_n = min(args.n, 500)
+        with app.producer_or_acquire() as producer:
+            for i in range(args.n):
+                once_noop.apply_async((completed, i), queue=idle, producer=producer)
+            for i in range(warm_n):
+                noop.apply_async((completed, i), queue=idle, producer=producer)
+        while (
+            store.get("", f"bench-{completed}-{args.n - 1}") is None
+            or int(client.get(COUNTER.format(idle)) or 0) < args.n + warm_n
+        ):
+            time.sleep(0.1)
+        time.sleep(1)
+        for _ in range(args.rounds):
+            for kind in figures:
+                figures[kind].append(measure(kind, args.n, hostname, client, completed))
+    finally:
+        stop_worker(process)
+        client.delete(idle, f"_kombu.binding.{idle}")
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+        if args.store == "redis":
+            records = redis.Redis.from_url(REDIS_STORE)
+            prefix = settings.CACHES["onceonly"]["KEY_PREFIX"]
+            for name in records.scan_iter(match=f"{prefix}:*", count=1000):
+                records.unlink(name)
+
+    median = {kind: statistics.median(values) for kind, values in figures.items()}
+    print(
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, Celery {__import__('celery').__version__}, "
+        f"broker {BROKER.split('@')[-1]}, store {STORES[args.store].rsplit('.', 1)[-1]}"
+        f"{' on PostgreSQL' if args.store == 'database' else ''}; "
+        f"worker -P prefork -c {args.concurrency}; n={args.n}, median of {args.rounds} rounds"
+        + ("; synchronous_commit=off" if args.no_fsync_wait else "")
+    )
+    print()
+    print(f"{'kind':<12}{'tasks/s':>10}{'ratio':>8}   rounds (tasks/s)")
+    for kind, values in figures.items():
+        ratio = median[kind] / median["plain"]
+        rounds = " ".join(f"{value:.0f}" for value in values)
+        print(f"{kind:<12}{median[kind]:>10.0f}{ratio:>8.2f}   {rounds}")
+    ratio = median["once"] / median["plain"]
+    verdict = "meets" if ratio >= TARGET else "MISSES"
+    print(f"\nOnceTask (new intents) / plain Task = {ratio:.2f}: {verdict} the target {TARGET}")
+    return 1 if args.check and ratio < TARGET else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
