@@ -51,6 +51,7 @@ def test_every_valid_choice_gives_no_errors() -> None:
     assert errors(ONCEONLY_TTL=2.5) == []
 
 
+@pytest.mark.django_db(databases="__all__")  # Django 6 checks query every database
 def test_checks_are_registered_with_django() -> None:
     with override_settings(ONCEONLY_AFTER_LEASE="later"):
         ids = [message.id for message in run_checks()]
