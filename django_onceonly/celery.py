@@ -229,6 +229,18 @@ def _check_choice(cls: type, name: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{cls.__name__}.{name} must be one of {choices}, not {value!r}")
 
 
+def _delay(eta: Any, countdown: Any) -> float | None:
+    """Seconds until a message with this ``eta`` or ``countdown`` runs; ``None`` if neither."""
+    if isinstance(eta, dt.datetime):
+        now = dt.datetime.now(dt.UTC)
+        if eta.tzinfo is None:
+            now = now.replace(tzinfo=None)  # Celery reads a naive ETA as UTC
+        return max(0.0, (eta - now).total_seconds())
+    if isinstance(countdown, (int, float)):
+        return max(0.0, float(countdown))
+    return None
+
+
 def _current_claim(task: Task[..., Any]) -> _Claim | None:
     claim: _Claim | None = getattr(task.request, _CLAIM_ATTR, None)
     return claim
@@ -285,6 +297,16 @@ class OnceTask(Task[..., Any]):
                     f"{cls.__name__}.once_ambiguous must hold exception types, not {kind!r}"
                 )
         cls.once_ambiguous = ambiguous
+        for name in ("once_ttl", "once_lease"):
+            span = getattr(cls, name)
+            seconds = span.total_seconds() if isinstance(span, dt.timedelta) else span
+            if span is not None and (
+                isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0
+            ):
+                raise ValueError(
+                    f"{cls.__name__}.{name} must be a positive number of seconds, a "
+                    f"timedelta or None, not {span!r}"
+                )
         key = _static_option(cls, "once_key")
         if key is not None and not isinstance(key, str) and not callable(key):
             raise TypeError(f"{cls.__name__}.once_key must be a str, a callable or None")
@@ -382,20 +404,20 @@ class OnceTask(Task[..., Any]):
             claim.beat = _heartbeat.start(lock, claim.lease)
         try:
             result = self.run(*args, **kwargs)
-        except Retry:
-            if not claim.handed_over:
-                # Retry raised without a message carrying our token (a hand-made
-                # Retry, or a retry that was never published): give the key back.
-                self._settle_error(claim, None)
+        except BaseException as exc:
+            # Stopped first, so that no heartbeat races the release or failure below.
+            self._stop_beat(claim)
+            if isinstance(exc, Retry):
+                if not claim.handed_over:
+                    # Retry raised without a message carrying our token (a hand-made
+                    # Retry, or a retry that was never published): give the key back.
+                    self._settle_error(claim, None)
+            elif isinstance(exc, Exception):
+                self._settle_error(claim, exc)
+            # Anything else (SystemExit, KeyboardInterrupt) is an interrupted run: its
+            # outcome is unknown, so the claim is left to its lease and AFTER_LEASE.
             raise
-        except Exception as exc:
-            self._settle_error(claim, exc)
-            raise
-        # Anything else (SystemExit, KeyboardInterrupt) is an interrupted run: its outcome
-        # is unknown, so the claim is left to its lease and ONCEONLY_AFTER_LEASE.
-        finally:
-            if claim.beat is not None:
-                _heartbeat.stop(claim.beat)
+        self._stop_beat(claim)
         try:
             lock.complete(result)
         except (InvalidResult, ResultTooLarge):
@@ -404,6 +426,11 @@ class OnceTask(Task[..., Any]):
             self._settle_error(claim, None)
             raise
         return result
+
+    def _stop_beat(self, claim: _Claim) -> None:
+        if claim.beat is not None:
+            _heartbeat.stop(claim.beat)
+            claim.beat = None
 
     def _settle_error(self, claim: _Claim, exc: BaseException | None) -> None:
         lock = claim.lock
@@ -499,8 +526,7 @@ class OnceTask(Task[..., Any]):
             raise exc
         token: str | None = None
         if owned and lock is not None:
-            if claim.beat is not None:
-                _heartbeat.stop(claim.beat)
+            self._stop_beat(claim)
             delay = self._retry_delay(eta, countdown)
             try:
                 lock.extend(delay + claim.lease)
@@ -534,15 +560,10 @@ class OnceTask(Task[..., Any]):
         claim.handed_over = claim.handed_over or owned
         return answer
 
-    def _retry_delay(self, eta: dt.datetime | None, countdown: float | None) -> float:
-        if eta is not None:
-            now = dt.datetime.now(dt.UTC)
-            if eta.tzinfo is None:
-                now = now.replace(tzinfo=None)  # Celery reads a naive ETA as UTC
-            return max(0.0, (eta - now).total_seconds())
-        if countdown is not None:
-            return max(0.0, float(countdown))
-        return float(self.default_retry_delay or 0)
+    def _retry_delay(self, eta: Any, countdown: Any) -> float:
+        """Seconds until a retry runs; as ``Task.retry``, ``default_retry_delay`` if unset."""
+        delay = _delay(eta, countdown)
+        return float(self.default_retry_delay or 0) if delay is None else delay
 
     # -- publishing ------------------------------------------------------------------
 
@@ -606,7 +627,7 @@ class OnceTask(Task[..., Any]):
         task_id = task_id or uuid()
         limit = options.get("time_limit") or self.time_limit or self.app.conf.task_time_limit
         lease = self._lease_seconds(float(limit) if limit else None)
-        lease += self._retry_delay(options.get("eta"), options.get("countdown"))
+        lease += _delay(options.get("eta"), options.get("countdown")) or 0.0
         lock = check_lock(
             key,
             scope=scope,

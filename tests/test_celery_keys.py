@@ -243,6 +243,9 @@ def test_self_once_outside_a_run_is_an_error() -> None:
         ({"once_ambiguous": (TimeoutError, "socket.timeout")}, TypeError),
         ({"once_key": 42}, TypeError),
         ({"once_scope": "tenant\x00"}, InvalidKey),
+        ({"once_lease": 0}, ValueError),
+        ({"once_ttl": dt.timedelta(seconds=-1)}, ValueError),
+        ({"once_lease": "300"}, ValueError),
     ],
 )
 def test_bad_options_fail_when_the_task_is_declared(

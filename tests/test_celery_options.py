@@ -71,6 +71,21 @@ def test_enqueue_does_not_publish_a_queued_or_completed_intent_again(
     assert stored.duplicates_blocked == 2
 
 
+def test_enqueue_claim_lease_covers_the_countdown(redis_worker: Running) -> None:
+    tasks = redis_worker.tasks
+    tag = new_tag()
+
+    result = tasks.enqueued.apply_async((tag,), countdown=2)
+
+    claimed = record(f"enqueued-{tag}")
+    assert claimed is not None
+    assert claimed.lease_expires_at is not None
+    assert claimed.created_at is not None
+    # once_lease (5 s) plus the countdown.
+    assert (claimed.lease_expires_at - claimed.created_at).total_seconds() == pytest.approx(7)
+    assert result.get(timeout=RESULT_TIMEOUT)["run"]
+
+
 def test_enqueue_publish_failure_frees_the_claim(redis_worker: Running) -> None:
     tasks, env = redis_worker.tasks, redis_worker.env
     tag = new_tag()
