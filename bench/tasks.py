@@ -43,7 +43,7 @@ from django.conf import settings
 BROKER = os.environ.get("ONCEONLY_BENCH_BROKER", "redis://127.0.0.1:6379/10")
 DB_NAME = os.environ.get("ONCEONLY_BENCH_TASKS_DB", "onceonly_bench_tasks")
 REDIS_STORE = os.environ.get("ONCEONLY_BENCH_REDIS_STORE", "redis://127.0.0.1:6379/11")
-COUNTER = "onceonly-bench-tasks:done:{}"
+COUNTER = "onceonly-bench-tasks:done:{}"  # one per queue
 STORES = {
     "database": "django_onceonly.stores.DatabaseStore",
     "redis": "django_onceonly.stores.RedisStore",
@@ -196,7 +196,7 @@ def measure(kind: str, n: int, hostname: str, client: Any, completed_run: str) -
         time.sleep(0.002)
     elapsed = time.perf_counter() - started
     app.control.cancel_consumer(queue, destination=[hostname], reply=True, timeout=10)
-    client.delete(counter, queue, f"_kombu.binding.{queue}")
+    client.delete(counter)
     return n / elapsed
 
 
@@ -256,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                 figures[kind].append(measure(kind, args.n, hostname, client, completed))
     finally:
         stop_worker(process)
-        client.delete(idle, f"_kombu.binding.{idle}")
+        # The queues, their kombu bindings and the counters of this run.
+        for pattern in ("onceonly-bench-*", "_kombu.binding*.onceonly-bench-*"):
+            for name in client.scan_iter(match=pattern, count=1000):
+                client.unlink(name)
         connection.creation.destroy_test_db(old_name, verbosity=0)
         if args.store == "redis":
             records = redis.Redis.from_url(REDIS_STORE)
