@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from django_onceonly import check_lock
 from django_onceonly.signals import lease_expired
@@ -221,7 +221,9 @@ def assert_one_winner(backend: Backend, keys: Sequence[str], results: list[list[
 
 
 @pytest.mark.parametrize("how", ["threads", "processes"])
-@pytest.mark.parametrize("backend", backend_params("sqlite", "postgres", "mariadb", "redis"), indirect=True)
+@pytest.mark.parametrize(
+    "backend", backend_params("sqlite", "postgres", "mariadb", "redis"), indirect=True
+)
 def test_exactly_one_racer_locks_a_fresh_key(backend: Backend, how: str) -> None:
     race, racers, unit = RACES[how]
     keys = fresh_keys(TRIALS[backend.name], how)
@@ -285,3 +287,33 @@ def test_exactly_one_thread_takes_over_an_expired_record(backend: Backend) -> No
         record = backend.record(key)
         assert record is not None
         assert record.result is None  # the expired outcome is gone with its record
+
+
+def _synchronous_commit(alias: str) -> str:
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        value: str = cursor.fetchone()[0]
+    return value
+
+
+@pytest.mark.parametrize("backend", backend_params("postgres"), indirect=True)
+def test_a_duplicate_never_makes_the_callers_commit_asynchronous(backend: Backend) -> None:
+    # A racer that loses commits its duplicate count without waiting for the WAL flush
+    # (see DatabaseStore); that must stay inside the claim's own transaction.
+    baseline = _synchronous_commit(backend.alias)
+    assert check_lock("durable-a").locked
+    assert check_lock("durable-b").locked
+
+    assert check_lock("durable-a").duplicate
+    assert _synchronous_commit(backend.alias) == baseline
+
+    with transaction.atomic(using=backend.alias):
+        assert check_lock("durable-a", transactional=True).duplicate
+        assert _synchronous_commit(backend.alias) == baseline
+        # On a connection of its own; another key, as this transaction now holds a's row.
+        assert check_lock("durable-b").duplicate
+        assert _synchronous_commit(backend.alias) == baseline
+    for key, duplicates in (("durable-a", 2), ("durable-b", 1)):
+        record = backend.record(key)
+        assert record is not None
+        assert record.duplicates_blocked == duplicates
