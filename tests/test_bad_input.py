@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import connections, transaction
+from django.db import ProgrammingError, connections, transaction
 
 from django_onceonly import (
     InvalidKey,
@@ -493,3 +493,25 @@ def test_once_with_the_database_down_does_not_run_the_work(
     assert sent == [1, 1]
     assert send_welcome(1) == "sent"
     assert sent == [1, 1]
+
+
+@pytest.mark.parametrize("backend", backend_params("postgres", "mariadb"), indirect=True)
+def test_missing_table_is_a_bug_not_an_outage_and_never_runs_unprotected(
+    backend: Backend, settings: Any
+) -> None:
+    # A missing migration is a programming error: it propagates as itself, so
+    # ONCEONLY_ON_STORE_ERROR="run" (meant for outages) never runs work past it.
+    settings.ONCEONLY_ON_STORE_ERROR = "run"
+    conn = connections[backend.alias]
+    table = IdempotencyRecord._meta.db_table
+    with conn.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {conn.ops.quote_name(table)} RENAME TO onceonly_moved_away")
+    try:
+        with pytest.raises(ProgrammingError):
+            check_lock("welcome_email_1")
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                f"ALTER TABLE onceonly_moved_away RENAME TO {conn.ops.quote_name(table)}"
+            )
+    assert_nothing_stored(backend, "welcome_email_1")

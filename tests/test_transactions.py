@@ -139,12 +139,17 @@ def test_sqlite_cannot_commit_a_claim_on_its_own_after_the_caller_wrote(
 ) -> None:
     # SQLite has one writer at a time. Once the caller's transaction has written, the
     # claim's own connection waits for the caller (up to the busy timeout, 30 s in these
-    # settings, 5 s by default) and fails: nothing is claimed and nothing runs. Claim
-    # before writing, or use transactional=True.
+    # settings, 5 s by default) and fails with the way out: nothing is claimed and nothing
+    # runs. Claim before writing, or use transactional=True.
     with sqlite_busy_timeout(backend.alias, 0.2), transaction.atomic(using=backend.alias):
         Group.objects.using(backend.alias).create(name="written first")
-        with pytest.raises(StoreUnavailable, match="database is locked"):
+        with pytest.raises(
+            StoreUnavailable,
+            match=r"database is locked \(SQLite allows one writer: .*call check_lock\(\) "
+            r"before writing, or pass transactional=True",
+        ):
             check_lock("welcome_email_1")
+        assert committed_rows(backend.alias, "welcome_email_1") == 0
         lock = check_lock("welcome_email_1", transactional=True)
         assert lock.locked
         lock.complete("sent")
@@ -287,23 +292,16 @@ def test_claim_in_a_testcase_test_is_part_of_the_test_transaction(backend: Backe
 
 
 @pytest.mark.parametrize("backend", in_test_transaction_params(*DATABASE_BACKENDS), indirect=True)
-def test_claim_in_an_atomic_block_of_a_testcase_test_is_committed_for_real(
+def test_claim_in_an_atomic_block_of_a_testcase_test_stays_in_the_test_transaction(
     backend: Backend,
 ) -> None:
-    # What we observe: an atomic block opened by the code under test *is* the caller's
-    # transaction, so the default claim commits on its own connection, outside the
-    # test's transaction, and survives the test's rollback. Tests of such code should
-    # use transaction=True (or release the key) to stay isolated.
-    try:
-        with transaction.atomic(using=backend.alias):
-            check_lock("welcome_email_1").complete("sent")
+    # Inside a TestCase the code's own atomic() is nested in the test's transaction, and
+    # the claim joins it rather than committing on a second connection: the test stays
+    # isolated (nothing outlives it) and the test database can be dropped afterwards.
+    with transaction.atomic(using=backend.alias):
+        check_lock("welcome_email_1").complete("sent")
 
-        assert committed_rows(backend.alias, "welcome_email_1") == 1
-    finally:
-        # Cleaning up needs the same escape hatch: outside an atomic block the delete
-        # would be part of the test transaction and rolled back with it.
-        with transaction.atomic(using=backend.alias):
-            assert backend.store.force_release("", "welcome_email_1")
+    assert check_lock("welcome_email_1").result == "sent"
     assert committed_rows(backend.alias, "welcome_email_1") == 0
 
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.signals import request_finished
-from django.db import DatabaseError, IntegrityError, connections
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.utils.dateparse import parse_datetime
@@ -133,14 +133,17 @@ request_finished.connect(close_private_connections, dispatch_uid="django_onceonl
 
 
 def _in_callers_transaction(conn: BaseDatabaseWrapper) -> bool:
-    """True when the caller has an atomic block open on ``conn``.
+    """True when the caller has an atomic block of its own open on ``conn``.
 
-    The blocks Django's ``TestCase`` opens around each test do not count: inside a test
-    the claim belongs to the test's transaction and is rolled back with it.
+    Inside Django's ``TestCase`` (whose outermost blocks are the test's) the answer is
+    always False: the claim then belongs to the test's transaction and is rolled back
+    with it, so tests stay isolated and no second connection keeps the test database
+    from being dropped. Testing what a rollback of your own ``atomic()`` does to a claim
+    needs ``TransactionTestCase`` (pytest-django: ``django_db(transaction=True)``).
     """
     if not conn.in_atomic_block:
         return False
-    return not all(getattr(block, "_from_testcase", False) for block in conn.atomic_blocks)
+    return not getattr(conn.atomic_blocks[0], "_from_testcase", False)
 
 
 def _to_datetime(value: Any) -> dt.datetime | None:
@@ -208,9 +211,10 @@ class DatabaseStore(BaseStore):
         try:
             with conn.cursor() as cursor:
                 yield cursor
-        except IntegrityError:
-            raise
-        except DatabaseError as exc:
+        except (OperationalError, InterfaceError) as exc:
+            # Only these mean the database cannot be reached or cannot serve now. Data
+            # and programming errors (a missing migration, say) are bugs: they propagate
+            # as themselves, so ONCEONLY_ON_STORE_ERROR="run" never runs work past them.
             if _error_code(exc) in RETRYABLE_CODES:
                 raise
             if not conn.in_atomic_block:
@@ -218,7 +222,16 @@ class DatabaseStore(BaseStore):
                 # database is back, as Django does between requests.
                 with suppress(DatabaseError):
                     conn.close_if_unusable_or_obsolete()
-            raise StoreUnavailable(f"database {conn.alias!r} is unavailable: {exc}") from exc
+            hint = ""
+            if conn.vendor == "sqlite" and conn is not connections[self.alias]:
+                # SQLite has one writer: a claim committing on its own connection waits
+                # for the caller's transaction if that has written, then times out.
+                hint = (
+                    " (SQLite allows one writer: if your transaction.atomic() block has "
+                    "written already, call check_lock() before writing, or pass "
+                    "transactional=True to make the claim part of your transaction)"
+                )
+            raise StoreUnavailable(f"database {conn.alias!r} is unavailable: {exc}{hint}") from exc
 
     def _run(self, autocommit: bool, operation: Callable[[], T]) -> T:
         """Run ``operation``, rerunning it after a deadlock when that is safe (autocommit)."""
