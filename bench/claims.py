@@ -1,0 +1,494 @@
+"""What a claim costs, as a ratio to the cheapest SQL that could do the same job.
+
+    .venv/bin/python bench/claims.py [--n 2000] [--rounds 7] [--databases postgres,mariadb,sqlite]
+
+Per database, in one run, through the same Django connection and driver:
+
+- ``claim+complete`` on a new key: ``check_lock(key)`` then ``lock.complete(result)``,
+  against the floor ``INSERT ... ON CONFLICT DO NOTHING`` (MariaDB: ``INSERT IGNORE``)
+  of the same row into an identical table, then an ``UPDATE`` of it, in autocommit;
+- ``duplicate check`` on a completed key: ``check_lock(key)``, against the floor of that
+  single ``INSERT ... ON CONFLICT DO NOTHING`` on an existing key.
+
+Each figure is the median over ``--rounds`` rounds of ``--n`` operations each, after a
+warm-up. Within a round, floor and ours take turns in batches of ``--batch``, so that
+load from other processes falls on both. The script creates its own scratch database
+(``--db-name``, default ``onceonly_bench``) on each server and drops it at the end.
+
+To add a store, write a function returning a :class:`Subject` (its operations, each a
+floor and an ours function, and a teardown) and list it in ``SUBJECTS``; a store that
+needs more settings (a cache for Redis) adds them in ``configure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import itertools
+import json
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import django
+from django.conf import settings
+
+RESULT = {"message_id": "bench-0001", "accepted": True}
+DUPLICATE_KEYS = 100  # existing keys the duplicate checks cycle through
+TARGETS = {"postgres": 1.5}  # the ratio each operation must stay under, per database
+
+RunOps = Callable[[int], None]  # runs n operations
+
+
+@dataclass
+class Operation:
+    """One thing to measure: the raw-SQL floor and our API doing the same job."""
+
+    name: str
+    floor: RunOps
+    ours: RunOps
+
+
+@dataclass
+class Subject:
+    """A store on one server, ready to measure."""
+
+    name: str
+    operations: list[Operation]
+    teardown: Callable[[], None]
+    describe: str = ""  # server and driver versions, for the report
+
+
+@dataclass
+class Row:
+    database: str
+    operation: str
+    floor_us: float
+    ours_us: float
+    target: float | None
+    floor_rounds: list[float] = field(default_factory=list)
+    ours_rounds: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_us / self.floor_us
+
+
+# -- Django ------------------------------------------------------------------------------
+
+_SQLITE_DIR = ""  # made by configure(), removed at the end of main()
+
+
+def database_settings(name: str, db_name: str) -> dict[str, Any]:
+    """The Django ``DATABASES`` entry for ``name``; ``TEST.NAME`` is the scratch database."""
+    if name == "postgres":
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("ONCEONLY_BENCH_PG_NAME", "postgres"),
+            "USER": os.environ.get("ONCEONLY_BENCH_PG_USER", "postgres"),
+            "PASSWORD": os.environ.get("ONCEONLY_BENCH_PG_PASSWORD", ""),
+            "HOST": os.environ.get("ONCEONLY_BENCH_PG_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("ONCEONLY_BENCH_PG_PORT", "5432"),
+            "TEST": {"NAME": db_name},
+        }
+    if name == "mariadb":
+        return {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": os.environ.get("ONCEONLY_BENCH_MARIADB_NAME", "mysql"),
+            "USER": os.environ.get("ONCEONLY_BENCH_MARIADB_USER", "root"),
+            "PASSWORD": os.environ.get("ONCEONLY_BENCH_MARIADB_PASSWORD", ""),
+            "HOST": os.environ.get("ONCEONLY_BENCH_MARIADB_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("ONCEONLY_BENCH_MARIADB_PORT", "3306"),
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {"NAME": db_name, "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+        }
+    if name == "sqlite":
+        # A file, not memory: commits cost what they cost in a real deployment.
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.path.join(_SQLITE_DIR, "default.sqlite3"),
+            "TEST": {"NAME": os.path.join(_SQLITE_DIR, f"{db_name}.sqlite3")},
+        }
+    raise ValueError(f"unknown database {name!r}")
+
+
+def configure(databases: list[str], db_name: str) -> None:
+    global _SQLITE_DIR
+    _SQLITE_DIR = tempfile.mkdtemp(prefix="onceonly-bench-")
+    config = {name: database_settings(name, db_name) for name in databases}
+    config["default"] = database_settings("sqlite", db_name) | {
+        "TEST": {"NAME": os.path.join(_SQLITE_DIR, "default_test.sqlite3")}
+    }
+    settings.configure(
+        DEBUG=False,
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        INSTALLED_APPS=["django_onceonly"],
+        DATABASES=config,
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        LOGGING_CONFIG=None,
+    )
+    django.setup()
+
+
+def create_scratch_database(alias: str) -> Callable[[], None]:
+    """Create the scratch database with the real migrations; return what drops it."""
+    from django.db import connections
+
+    connection = connections[alias]
+    old_name = connection.settings_dict["NAME"]
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+
+    def drop() -> None:
+        connection.creation.destroy_test_db(old_name, verbosity=0)
+
+    return drop
+
+
+def create_floor_table(alias: str) -> str:
+    """Create a table with the same columns, constraint and indexes as the records'."""
+    from django.apps.registry import Apps
+    from django.db import connections, models
+
+    from django_onceonly.models import IdempotencyRecord
+
+    meta = IdempotencyRecord._meta
+    table = "onceonly_bench_floor"
+
+    def renamed(name: str) -> str:
+        return name.replace("onceonly_", "bfloor_")
+
+    class Meta:
+        app_label = "onceonly_bench"
+        apps = Apps()  # a registry of its own: one such model per database, never global
+        db_table = table
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "key"], name="bfloor_scope_key_uniq")
+        ]
+        indexes = [
+            models.Index(fields=index.fields, name=renamed(index.name)) for index in meta.indexes
+        ]
+
+    attrs: dict[str, Any] = {"__module__": __name__, "Meta": Meta}
+    for model_field in meta.local_fields:
+        attrs[model_field.name] = model_field.clone()
+    model = type("BenchFloor", (models.Model,), attrs)
+    with connections[alias].schema_editor() as editor:
+        editor.create_model(model)
+    return table
+
+
+# -- the operations ----------------------------------------------------------------------
+
+_keys = itertools.count()
+_run = uuid.uuid4().hex[:8]
+
+
+def new_key() -> str:
+    return f"bench-{_run}-{next(_keys)}"
+
+
+class FloorSQL:
+    """The cheapest autocommit statements that claim, complete and check a key."""
+
+    def __init__(self, alias: str, table: str) -> None:
+        from django.db import connections
+
+        from django_onceonly.stores.database import COLUMNS
+
+        self.connection = connections[alias]
+        conn = self.connection
+        q = conn.ops.quote_name
+        columns = ", ".join(q(name) for name in COLUMNS)
+        json_param = "CAST(%s AS jsonb)" if conn.vendor == "postgresql" else "%s"
+        values = (
+            f"(%s, %s, 'in_progress', %s, '', NULL, '', '', '', {json_param}, %s, %s, NULL, %s, "
+            "NULL, 0, NULL)"
+        )
+        if conn.vendor == "mysql":
+            self.insert = f"INSERT IGNORE INTO {q(table)} ({columns}) VALUES {values}"
+        else:
+            self.insert = (
+                f"INSERT INTO {q(table)} ({columns}) VALUES {values} "
+                f"ON CONFLICT ({q('scope')}, {q('key')}) DO NOTHING"
+            )
+        self.update = (
+            f"UPDATE {q(table)} SET {q('status')} = 'completed', {q('result')} = {json_param}, "
+            f"{q('updated_at')} = %s, {q('completed_at')} = %s, {q('lease_expires_at')} = NULL, "
+            f"{q('expires_at')} = %s WHERE {q('scope')} = %s AND {q('key')} = %s"
+        )
+        self.result = json.dumps(RESULT)
+        self.existing = [new_key() for _ in range(DUPLICATE_KEYS)]
+        for key in self.existing:
+            self.claim(key)
+
+    def claim(self, key: str) -> None:
+        from django.utils import timezone
+
+        adapt = self.connection.ops.adapt_datetimefield_value
+        now = adapt(timezone.now())
+        lease = adapt(timezone.now() + dt.timedelta(seconds=300))
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.insert, ["", key, secrets.token_hex(16), "{}", now, now, lease])
+
+    def claim_complete(self, n: int) -> None:
+        from django.utils import timezone
+
+        adapt = self.connection.ops.adapt_datetimefield_value
+        for _ in range(n):
+            key = new_key()
+            self.claim(key)
+            now = timezone.now()
+            with self.connection.cursor() as cursor:
+                cursor.execute(
+                    self.update,
+                    [
+                        self.result,
+                        adapt(now),
+                        adapt(now),
+                        adapt(now + dt.timedelta(days=1)),
+                        "",
+                        key,
+                    ],
+                )
+
+    def duplicate(self, n: int) -> None:
+        keys = self.existing
+        for i in range(n):
+            self.claim(keys[i % DUPLICATE_KEYS])
+
+
+class Ours:
+    """``check_lock`` and ``Lock.complete`` through the configured ``DatabaseStore``."""
+
+    def __init__(self) -> None:
+        from django_onceonly import check_lock
+
+        self.check_lock = check_lock
+        self.existing = [new_key() for _ in range(DUPLICATE_KEYS)]
+        for key in self.existing:
+            check_lock(key).complete(RESULT)
+
+    def claim_complete(self, n: int) -> None:
+        check_lock = self.check_lock
+        for _ in range(n):
+            lock = check_lock(new_key())
+            lock.complete(RESULT)
+
+    def duplicate(self, n: int) -> None:
+        check_lock = self.check_lock
+        keys = self.existing
+        for i in range(n):
+            lock = check_lock(keys[i % DUPLICATE_KEYS])
+            assert lock.duplicate
+
+
+def database_subject(name: str) -> Subject:
+    """``DatabaseStore`` on the database ``name`` (an alias of ``DATABASES``)."""
+    from django.db import connections
+
+    drop = create_scratch_database(name)
+    connection = connections[name]
+
+    def teardown() -> None:
+        connection.close()
+        drop()
+
+    try:
+        settings.ONCEONLY_STORE = "django_onceonly.stores.DatabaseStore"
+        settings.ONCEONLY_DATABASE = name
+        floor = FloorSQL(name, create_floor_table(name))
+        ours = Ours()
+        describe = f"{name}: {describe_server(connection)}"
+    except BaseException:
+        teardown()
+        raise
+
+    return Subject(
+        name=name,
+        operations=[
+            Operation("claim+complete", floor.claim_complete, ours.claim_complete),
+            Operation("duplicate check", floor.duplicate, ours.duplicate),
+        ],
+        teardown=teardown,
+        describe=describe,
+    )
+
+
+def describe_server(connection: Any) -> str:
+    """Server version, driver, and the durability settings that decide a commit's cost."""
+    queries = {
+        "postgresql": (
+            "SELECT version(), current_setting('fsync'), current_setting('synchronous_commit')",
+            "fsync={1}, synchronous_commit={2}",
+        ),
+        "mysql": (
+            "SELECT version(), @@innodb_flush_log_at_trx_commit, @@log_bin",
+            "innodb_flush_log_at_trx_commit={1}, log_bin={2}",
+        ),
+        "sqlite": ("SELECT sqlite_version(), 0, 0", ""),
+    }
+    query, settings_text = queries[connection.vendor]
+    with connection.cursor() as cursor:
+        cursor.execute(query)
+        values = cursor.fetchone()
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA journal_mode")
+            journal = cursor.fetchone()[0]
+            cursor.execute("PRAGMA synchronous")
+            settings_text = f"journal_mode={journal}, synchronous={cursor.fetchone()[0]}"
+    version = str(values[0]).split(" on ")[0]
+    package = {"postgresql": "psycopg", "mysql": "mysqlclient"}.get(connection.vendor)
+    driver = f"{package} {metadata.version(package)}" if package else "sqlite3 (stdlib)"
+    return f"{version}, {driver}; {settings_text.format(*values)}"
+
+
+DATABASE_NAMES = ("postgres", "mariadb", "sqlite")
+# Every store the benchmark knows: name -> function that prepares it.
+SUBJECTS: dict[str, Callable[[], Subject]] = {
+    "postgres": lambda: database_subject("postgres"),
+    "mariadb": lambda: database_subject("mariadb"),
+    "sqlite": lambda: database_subject("sqlite"),
+}
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def timed_pair(floor: RunOps, ours: RunOps, n: int, batch: int) -> tuple[float, float]:
+    """Microseconds per operation of ``floor`` and of ``ours``, ``n`` operations each.
+
+    They run in alternating batches, so a burst of load from other processes falls on
+    both rather than on whichever happened to be running.
+    """
+    spent = [0.0, 0.0]
+    done = 0
+    gc.collect()
+    gc.disable()
+    try:
+        while done < n:
+            size = min(batch, n - done)
+            for side, run in enumerate((floor, ours)):
+                start = time.perf_counter()
+                run(size)
+                spent[side] += time.perf_counter() - start
+            done += size
+    finally:
+        gc.enable()
+    return spent[0] / n * 1e6, spent[1] / n * 1e6
+
+
+def measure(subject: Subject, n: int, rounds: int, batch: int) -> list[Row]:
+    rows = []
+    for operation in subject.operations:
+        # Warm-up: connections, caches, the server's buffers and plans.
+        timed_pair(operation.floor, operation.ours, max(n // 4, 1), batch)
+        floor_rounds, ours_rounds = [], []
+        for _ in range(rounds):
+            floor_us, ours_us = timed_pair(operation.floor, operation.ours, n, batch)
+            floor_rounds.append(floor_us)
+            ours_rounds.append(ours_us)
+        rows.append(
+            Row(
+                database=subject.name,
+                operation=operation.name,
+                floor_us=statistics.median(floor_rounds),
+                ours_us=statistics.median(ours_rounds),
+                target=TARGETS.get(subject.name),
+                floor_rounds=floor_rounds,
+                ours_rounds=ours_rounds,
+            )
+        )
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| database | operation | floor µs/op | ours µs/op | ratio | target |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        target = f"≤ {row.target}" if row.target else "-"
+        if row.target and row.ratio > row.target:
+            target += " MISSED"
+        lines.append(
+            f"| {row.database} | {row.operation} | {row.floor_us:.0f} | {row.ours_us:.0f} "
+            f"| {row.ratio:.2f} | {target} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="operations per round")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds per figure (median)")
+    parser.add_argument(
+        "--batch", type=int, default=50, help="operations per turn when alternating floor/ours"
+    )
+    parser.add_argument(
+        "--databases",
+        default="postgres,mariadb,sqlite",
+        help=f"comma-separated, from: {', '.join(SUBJECTS)}",
+    )
+    parser.add_argument("--db-name", default="onceonly_bench", help="scratch database name")
+    parser.add_argument(
+        "--rounds-detail", action="store_true", help="also print every round's figures"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a ratio misses its target"
+    )
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.databases.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SUBJECTS]
+    if unknown:
+        parser.error(f"unknown database(s): {', '.join(unknown)}")
+    rows: list[Row] = []
+    described = []
+    try:
+        configure([name for name in names if name in DATABASE_NAMES], args.db_name)
+        for name in names:
+            subject = SUBJECTS[name]()
+            try:
+                described.append(subject.describe)
+                rows.extend(measure(subject, args.n, args.rounds, args.batch))
+            finally:
+                subject.teardown()
+    finally:
+        shutil.rmtree(_SQLITE_DIR, ignore_errors=True)
+
+    print(
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, Django {django.get_version()}; "
+        f"n={args.n}, median of {args.rounds} rounds"
+    )
+    for line in described:
+        print(f"  {line}")
+    print()
+    print(table(rows))
+    if args.rounds_detail:
+        for row in rows:
+            print(
+                f"\n{row.database} {row.operation}\n  floor: "
+                + " ".join(f"{value:.0f}" for value in row.floor_rounds)
+                + "\n  ours:  "
+                + " ".join(f"{value:.0f}" for value in row.ours_rounds)
+            )
+    missed = [row for row in rows if row.target and row.ratio > row.target]
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
