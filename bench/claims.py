@@ -1,6 +1,6 @@
 """What a claim costs, as a ratio to the cheapest SQL that could do the same job.
 
-    .venv/bin/python bench/claims.py [--n 2000] [--rounds 7] [--databases postgres,mariadb,sqlite]
+    .venv/bin/python bench/claims.py [--n 2000] [--rounds 7] [--databases postgres,mariadb,sqlite,redis]
 
 Per database, in one run, through the same Django connection and driver:
 
@@ -9,6 +9,14 @@ Per database, in one run, through the same Django connection and driver:
   of the same row into an identical table, then an ``UPDATE`` of it, in autocommit;
 - ``duplicate check`` on a completed key: ``check_lock(key)``, against the floor of that
   single ``INSERT ... ON CONFLICT DO NOTHING`` on an existing key.
+
+For ``redis`` (``RedisStore`` on ``ONCEONLY_BENCH_REDIS_URL``, default database 14 of
+127.0.0.1:6379, keys under a prefix of this run, deleted at the end) the floors are raw
+redis-py commands on the store's own connection: two ``SET`` round trips (``SET NX``,
+then ``SET`` of the result) for ``claim+complete``, one ``SET NX`` on an existing key for
+the duplicate check. Two more rows show where a duplicate check's time goes: the same
+check through ``RedisStore.claim`` alone (no ``check_lock``), and the claim script's
+``EVALSHA`` alone (no Python of ours).
 
 Each figure is the median over ``--rounds`` rounds of ``--n`` operations each, after a
 warm-up. Within a round, floor and ours take turns in batches of ``--batch``, so that
@@ -48,7 +56,10 @@ from django.conf import settings
 
 RESULT = {"message_id": "bench-0001", "accepted": True}
 DUPLICATE_KEYS = 100  # existing keys the duplicate checks cycle through
-TARGETS = {"postgres": 1.5}  # the ratio each operation must stay under, per database
+TARGETS = {"postgres": 1.5, "redis": 1.3}  # the ratio each operation must stay under, per database
+
+REDIS_URL = os.environ.get("ONCEONLY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+REDIS_CACHE = "onceonly_bench"
 
 RunOps = Callable[[int], None]  # runs n operations
 
@@ -138,6 +149,14 @@ def configure(databases: list[str], db_name: str) -> None:
         TIME_ZONE="UTC",
         INSTALLED_APPS=["django_onceonly"],
         DATABASES=config,
+        CACHES={
+            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+            REDIS_CACHE: {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": REDIS_URL,
+                "KEY_PREFIX": f"onceonly-bench-{_run}",
+            },
+        },
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         LOGGING_CONFIG=None,
     )
@@ -356,12 +375,126 @@ def describe_server(connection: Any) -> str:
     return f"{version}, {driver}; {settings_text.format(*values)}"
 
 
+# -- Redis -------------------------------------------------------------------------------
+# The cache RedisStore uses is declared in configure().
+
+
+class FloorRedis:
+    """Raw redis-py commands on the store's own connection: ``SET NX`` claims, ``SET`` completes."""
+
+    def __init__(self, conn: Any, prefix: str) -> None:
+        self.conn = conn
+        self.prefix = prefix
+        self.result = json.dumps(RESULT)
+        self.existing = [self.name(new_key()) for _ in range(DUPLICATE_KEYS)]
+        for name in self.existing:
+            conn.set(name, secrets.token_hex(16), nx=True, px=300_000)
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}:floor:{key}"
+
+    def claim_complete(self, n: int) -> None:
+        conn = self.conn
+        for _ in range(n):
+            name = self.name(new_key())
+            conn.set(name, secrets.token_hex(16), nx=True, px=300_000)
+            conn.set(name, self.result, px=86_400_000)
+
+    def duplicate(self, n: int) -> None:
+        conn = self.conn
+        keys = self.existing
+        for i in range(n):
+            conn.set(keys[i % DUPLICATE_KEYS], secrets.token_hex(16), nx=True, px=300_000)
+
+
+class RedisLayers:
+    """The duplicate check below ``check_lock``: the store alone, and its script alone."""
+
+    def __init__(self, conn: Any, keys: list[str]) -> None:
+        from django.utils import timezone
+
+        from django_onceonly.stores import get_store
+        from django_onceonly.stores.redis import CLAIM, to_micros
+
+        self.conn = conn
+        self.store = get_store()
+        self.timezone = timezone
+        self.keys = keys
+        self.sha = CLAIM.sha
+        now = to_micros(timezone.now())
+        self.calls = []
+        for key in keys:
+            names = self.store.keys("", key)  # type: ignore[attr-defined]
+            args = [names.member, now, secrets.token_hex(16), now + 300_000_000, "reclaim"]
+            args += ["", "{}", "", "", "", key, "+0000", ""]
+            self.calls.append([names.record, names.dirty, names.seq, *args])
+
+    def store_claim(self, n: int) -> None:
+        from django_onceonly.stores.base import ClaimRequest
+
+        for i in range(n):
+            now = self.timezone.now()
+            outcome = self.store.claim(
+                ClaimRequest(
+                    scope="",
+                    key=self.keys[i % DUPLICATE_KEYS],
+                    token=secrets.token_hex(16),
+                    now=now,
+                    lease_expires_at=now + dt.timedelta(seconds=300),
+                    after_lease="reclaim",
+                )
+            )
+            assert not outcome.acquired
+
+    def script_only(self, n: int) -> None:
+        conn, sha, calls = self.conn, self.sha, self.calls
+        for i in range(n):
+            conn.evalsha(sha, 3, *calls[i % DUPLICATE_KEYS])
+
+
+def redis_subject() -> Subject:
+    """``RedisStore`` on ``ONCEONLY_BENCH_REDIS_URL`` (keys under a prefix of this run)."""
+    from django_redis import get_redis_connection
+
+    prefix = settings.CACHES[REDIS_CACHE]["KEY_PREFIX"]
+    settings.ONCEONLY_STORE = "django_onceonly.stores.RedisStore"
+    settings.ONCEONLY_REDIS_CACHE = REDIS_CACHE
+    conn = get_redis_connection(REDIS_CACHE)
+    floor = FloorRedis(conn, prefix)
+    ours = Ours()
+    version = conn.info("server")["redis_version"]
+    layers = RedisLayers(conn, ours.existing)
+
+    def teardown() -> None:
+        names = list(conn.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(names), 1000):
+            conn.unlink(*names[start : start + 1000])
+
+    return Subject(
+        name="redis",
+        operations=[
+            Operation("claim+complete", floor.claim_complete, ours.claim_complete),
+            Operation("duplicate check", floor.duplicate, ours.duplicate),
+            # Where the time goes: the same duplicate check without check_lock (the
+            # store's claim), and without the store's Python (the script call alone).
+            Operation("duplicate: store.claim only", floor.duplicate, layers.store_claim),
+            Operation("duplicate: EVALSHA only", floor.duplicate, layers.script_only),
+        ],
+        teardown=teardown,
+        describe=(
+            f"redis: {version}, redis-py {metadata.version('redis')}, "
+            f"django-redis {metadata.version('django-redis')}"
+        ),
+    )
+
+
 DATABASE_NAMES = ("postgres", "mariadb", "sqlite")
 # Every store the benchmark knows: name -> function that prepares it.
 SUBJECTS: dict[str, Callable[[], Subject]] = {
     "postgres": lambda: database_subject("postgres"),
     "mariadb": lambda: database_subject("mariadb"),
     "sqlite": lambda: database_subject("sqlite"),
+    "redis": redis_subject,
 }
 
 
@@ -440,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--databases",
-        default="postgres,mariadb,sqlite",
+        default="postgres,mariadb,sqlite,redis",
         help=f"comma-separated, from: {', '.join(SUBJECTS)}",
     )
     parser.add_argument("--db-name", default="onceonly_bench", help="scratch database name")
