@@ -1,4 +1,9 @@
-"""Maintenance jobs. ``purge_expired`` is a Celery task when Celery is installed."""
+"""Maintenance jobs, Celery tasks when Celery is installed (plain functions otherwise).
+
+- ``django_onceonly.tasks.purge_expired``: delete expired records in batches.
+- ``django_onceonly.tasks.sync_redis_audit``: copy ``RedisStore`` records to the
+  ``IdempotencyRecord`` table (the admin's audit trail); run it every few seconds.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,31 @@ def _purge_expired(batch_size: int = 1000, dry_run: bool = False) -> int:
     return records.purge_expired(batch_size=batch_size, dry_run=dry_run)
 
 
+def _sync_redis_audit(batch_size: int = 1000) -> dict[str, Any]:
+    """One pass of ``onceonly_sync``; returns its counts (copied, deleted, pending)."""
+    from .stores.audit import sync_audit
+
+    report = sync_audit(batch_size=batch_size)
+    return {
+        "copied": report.copied,
+        "deleted": report.deleted,
+        "pending": report.pending,
+        "locked_out": report.locked_out,
+    }
+
+
 purge_expired: Any
+sync_redis_audit: Any
 try:
     from celery import shared_task
-except ImportError:  # the [celery] extra is not installed: a plain function
+except ImportError:  # the [celery] extra is not installed: plain functions
     purge_expired = _purge_expired
+    sync_redis_audit = _sync_redis_audit
 else:
     purge_expired = shared_task(name="django_onceonly.tasks.purge_expired", ignore_result=True)(
         _purge_expired
     )
+    # Several beats or a slow pass are harmless: sync_audit lets one pass work at a time.
+    sync_redis_audit = shared_task(
+        name="django_onceonly.tasks.sync_redis_audit", ignore_result=True
+    )(_sync_redis_audit)

@@ -21,6 +21,7 @@ from django_onceonly.models import IdempotencyRecord
 from django_onceonly.stores import RedisStore, get_store
 from django_onceonly.stores.audit import SyncReport, _scan, _unmark, _write, sync_audit
 from django_onceonly.stores.base import Record
+from django_onceonly.tasks import sync_redis_audit
 from tests.conftest import delete_redis_test_keys
 
 COMPARED = (
@@ -227,6 +228,16 @@ def test_the_command_reports_what_it_copied(database: str) -> None:
     call_command("onceonly_sync", "--batch-size", "2", stdout=out)
 
     assert out.getvalue().strip() == "Copied 5 record(s), deleted 0."
+    assert len(rows(database)) == 5
+
+
+def test_the_beat_task_copies_like_the_command(database: str) -> None:
+    make_intents()
+
+    # Called as Celery beat would run it (eagerly here: the worker path is Celery's own).
+    counts = sync_redis_audit.apply().get()
+
+    assert counts == {"copied": 5, "deleted": 0, "pending": 0, "locked_out": False}
     assert len(rows(database)) == 5
 
 
