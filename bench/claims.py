@@ -71,6 +71,7 @@ class Operation:
     name: str
     floor: RunOps
     ours: RunOps
+    targeted: bool = True  # False for rows that only show where the time goes
 
 
 @dataclass
@@ -315,6 +316,40 @@ class Ours:
             assert lock.duplicate
 
 
+class ClaimStatementOnly:
+    """The store's claim statement alone, on an existing key: no Python of ours around it."""
+
+    def __init__(self, alias: str, keys: list[str]) -> None:
+        from django.db import connections
+
+        from django_onceonly.stores import DatabaseStore
+
+        self.connection = connections[alias]
+        statements = DatabaseStore(alias)._sql(self.connection)
+        self.keys = keys
+        self.returning = statements.returning
+        # What the store sends in autocommit (on PostgreSQL, with the asynchronous commit).
+        self.statement = statements.claim_autocommit or statements.claim
+        self.token_param = statements.claim_autocommit is not None
+
+    def duplicate(self, n: int) -> None:
+        from django.utils import timezone
+
+        adapt = self.connection.ops.adapt_datetimefield_value
+        for i in range(n):
+            now = timezone.now()
+            token = secrets.token_hex(16)
+            params: list[Any] = ["", self.keys[i % DUPLICATE_KEYS], "in_progress", token]
+            params += ["", "", "", "{}", adapt(now), adapt(now)]
+            params.append(adapt(now + dt.timedelta(seconds=300)))
+            if self.token_param:
+                params.append(token)
+            with self.connection.cursor() as cursor:
+                cursor.execute(self.statement, params)
+                if self.returning:
+                    cursor.fetchone()
+
+
 def database_subject(name: str) -> Subject:
     """``DatabaseStore`` on the database ``name`` (an alias of ``DATABASES``)."""
     from django.db import connections
@@ -331,6 +366,7 @@ def database_subject(name: str) -> Subject:
         settings.ONCEONLY_DATABASE = name
         floor = FloorSQL(name, create_floor_table(name))
         ours = Ours()
+        statement = ClaimStatementOnly(name, ours.existing)
         describe = f"{name}: {describe_server(connection)}"
     except BaseException:
         teardown()
@@ -341,6 +377,8 @@ def database_subject(name: str) -> Subject:
         operations=[
             Operation("claim+complete", floor.claim_complete, ours.claim_complete),
             Operation("duplicate check", floor.duplicate, ours.duplicate),
+            # Where the time goes: the same duplicate check as the store's SQL alone.
+            Operation("duplicate: claim SQL only", floor.duplicate, statement.duplicate, False),
         ],
         teardown=teardown,
         describe=describe,
@@ -477,8 +515,8 @@ def redis_subject() -> Subject:
             Operation("duplicate check", floor.duplicate, ours.duplicate),
             # Where the time goes: the same duplicate check without check_lock (the
             # store's claim), and without the store's Python (the script call alone).
-            Operation("duplicate: store.claim only", floor.duplicate, layers.store_claim),
-            Operation("duplicate: EVALSHA only", floor.duplicate, layers.script_only),
+            Operation("duplicate: store.claim only", floor.duplicate, layers.store_claim, False),
+            Operation("duplicate: EVALSHA only", floor.duplicate, layers.script_only, False),
         ],
         teardown=teardown,
         describe=(
@@ -540,7 +578,7 @@ def measure(subject: Subject, n: int, rounds: int, batch: int) -> list[Row]:
                 operation=operation.name,
                 floor_us=statistics.median(floor_rounds),
                 ours_us=statistics.median(ours_rounds),
-                target=TARGETS.get(subject.name),
+                target=TARGETS.get(subject.name) if operation.targeted else None,
                 floor_rounds=floor_rounds,
                 ours_rounds=ours_rounds,
             )
