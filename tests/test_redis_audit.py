@@ -20,27 +20,11 @@ from django_onceonly import check_lock
 from django_onceonly.models import IdempotencyRecord
 from django_onceonly.stores import RedisStore, get_store
 from django_onceonly.stores.audit import SyncReport, _scan, _unmark, _write, sync_audit
-from django_onceonly.stores.base import Record
+from django_onceonly.stores.base import RECORD_FIELDS, Record
 from django_onceonly.tasks import sync_redis_audit
 from tests.conftest import delete_redis_test_keys
 
-COMPARED = (
-    "status",
-    "owner_token",
-    "fingerprint",
-    "result",
-    "error",
-    "task_name",
-    "task_id",
-    "metadata",
-    "created_at",
-    "updated_at",
-    "completed_at",
-    "lease_expires_at",
-    "expires_at",
-    "duplicates_blocked",
-    "last_duplicate_at",
-)
+COMPARED = tuple(name for name in RECORD_FIELDS if name not in ("scope", "key"))
 
 
 def database_params() -> list[Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 IN_PROGRESS = "in_progress"
@@ -51,6 +51,21 @@ class Record:
             and self.lease_expires_at is not None
             and self.lease_expires_at <= now
         )
+
+
+# The record's fields in a fixed order: the columns DatabaseStore selects, the hash
+# fields RedisStore's scripts return, the values the audit sync copies.
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record))
+TIME_FIELDS = frozenset(
+    {
+        "created_at",
+        "updated_at",
+        "completed_at",
+        "lease_expires_at",
+        "expires_at",
+        "last_duplicate_at",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

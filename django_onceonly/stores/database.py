@@ -41,6 +41,8 @@ from .base import (
     COMPLETED,
     FAILED,
     IN_PROGRESS,
+    RECORD_FIELDS,
+    TIME_FIELDS,
     UNKNOWN,
     BaseStore,
     ClaimRequest,
@@ -52,36 +54,9 @@ logger = logging.getLogger("django_onceonly")
 
 T = TypeVar("T")
 
-COLUMNS = (
-    "scope",
-    "key",
-    "status",
-    "owner_token",
-    "fingerprint",
-    "result",
-    "error",
-    "task_name",
-    "task_id",
-    "metadata",
-    "created_at",
-    "updated_at",
-    "completed_at",
-    "lease_expires_at",
-    "expires_at",
-    "duplicates_blocked",
-    "last_duplicate_at",
-)
+COLUMNS = RECORD_FIELDS
 JSON_COLUMNS = frozenset({"result", "metadata"})
-DATETIME_COLUMNS = frozenset(
-    {
-        "created_at",
-        "updated_at",
-        "completed_at",
-        "lease_expires_at",
-        "expires_at",
-        "last_duplicate_at",
-    }
-)
+DATETIME_COLUMNS = TIME_FIELDS
 # MySQL/MariaDB "deadlock found" and "lock wait timeout"; PostgreSQL deadlock and
 # serialization failure. In autocommit the statement was rolled back whole: safe to rerun.
 RETRYABLE_CODES = frozenset({1213, 1205, "40P01", "40001"})

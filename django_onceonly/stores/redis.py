@@ -60,6 +60,7 @@ from .base import (
     COMPLETED,
     FAILED,
     IN_PROGRESS,
+    RECORD_FIELDS,
     UNKNOWN,
     BaseStore,
     ClaimRequest,
@@ -69,35 +70,7 @@ from .base import (
 
 SHARDS = 256
 # The hash fields of a record, in the order scripts return them.
-FIELDS = (
-    "scope",
-    "key",
-    "status",
-    "owner_token",
-    "fingerprint",
-    "result",
-    "error",
-    "task_name",
-    "task_id",
-    "metadata",
-    "created_at",
-    "updated_at",
-    "completed_at",
-    "lease_expires_at",
-    "expires_at",
-    "duplicates_blocked",
-    "last_duplicate_at",
-)
-TIME_FIELDS = frozenset(
-    {
-        "created_at",
-        "updated_at",
-        "completed_at",
-        "lease_expires_at",
-        "expires_at",
-        "last_duplicate_at",
-    }
-)
+FIELDS = RECORD_FIELDS
 # Redis answers these when it is up but cannot take the write; nothing was written.
 # (redis-py turns OOM, READONLY, TRYAGAIN and LOADING into exception classes of their own.)
 UNAVAILABLE_ERRORS = (
