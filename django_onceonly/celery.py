@@ -587,9 +587,9 @@ class OnceTask(Task[..., Any]):
         published and deduplicated when they run, so that the canvas completes.
         """
         headers: dict[str, Any] = dict(options.pop("headers", None) or {})
-        if HEADER_KEY in headers:
-            # A retry, a wait or a re-send of a message: it keeps the key it was given.
-            return super().apply_async(
+
+        def publish(task_id: str | None) -> AsyncResult[Any]:
+            return super(OnceTask, self).apply_async(
                 args,
                 kwargs,
                 task_id,
@@ -600,6 +600,10 @@ class OnceTask(Task[..., Any]):
                 headers=headers,
                 **options,
             )
+
+        if HEADER_KEY in headers:
+            # A retry, a wait or a re-send of a message: it keeps the key it was given.
+            return publish(task_id)
         key, scope = self._once_identity(tuple(args or ()), dict(kwargs or {}))
         headers[HEADER_KEY] = key
         headers[HEADER_SCOPE] = scope
@@ -612,17 +616,7 @@ class OnceTask(Task[..., Any]):
             or options.get("group_id")
         )
         if not self.once_enqueue or in_canvas or self.app.conf.task_always_eager:
-            return super().apply_async(
-                args,
-                kwargs,
-                task_id,
-                producer,
-                link,
-                link_error,
-                shadow,
-                headers=headers,
-                **options,
-            )
+            return publish(task_id)
 
         task_id = task_id or uuid()
         limit = options.get("time_limit") or self.time_limit or self.app.conf.task_time_limit
@@ -641,17 +635,7 @@ class OnceTask(Task[..., Any]):
         if lock.token:
             headers[HEADER_TOKEN] = lock.token
         try:
-            return super().apply_async(
-                args,
-                kwargs,
-                task_id,
-                producer,
-                link,
-                link_error,
-                shadow,
-                headers=headers,
-                **options,
-            )
+            return publish(task_id)
         except BaseException:
             # Nothing may be left claiming an intent that was never queued.
             try:

@@ -58,7 +58,7 @@ def encode_result(result: Any) -> str:
         raise InvalidResult(
             f"result of type {type(result).__name__} cannot be stored: it is not JSON-serialisable ({exc})"
         ) from exc
-    if _ESCAPED_NUL.search(encoded):
+    if "\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
         raise InvalidResult("result cannot be stored: it contains a NUL character (\\u0000)")
     size = len(encoded.encode())
     limit = conf.ONCEONLY_MAX_RESULT_BYTES
@@ -324,7 +324,7 @@ def check_lock(
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be a JSON-serialisable dict: {exc}") from exc
-    if _ESCAPED_NUL.search(metadata_json):
+    if "\\u0000" in metadata_json and _ESCAPED_NUL.search(metadata_json):
         raise ValueError("metadata cannot be stored: it contains a NUL character (\\u0000)")
     now = timezone.now()
     token = secrets.token_hex(16)
