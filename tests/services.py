@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -32,10 +33,13 @@ SERVICES: dict[str, tuple[str, int, str]] = {
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@functools.cache
 def is_up(name: str) -> bool:
+    # Asked once per session: probing again for every collected test could catch a busy
+    # server's slow accept and skip one test at random.
     host, port, _ = SERVICES[name]
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=2):
             return True
     except OSError:
         return False
