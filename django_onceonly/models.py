@@ -10,12 +10,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-
-class Status(models.TextChoices):
-    IN_PROGRESS = "in_progress", _("in progress")
-    COMPLETED = "completed", _("completed")
-    FAILED = "failed", _("failed")
-    UNKNOWN = "unknown", _("unknown")
+from .rules import Status
 
 
 class ExactCharField(models.CharField):  # type: ignore[type-arg]
