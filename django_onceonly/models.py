@@ -10,7 +10,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .rules import Status
+from .rules import Status as Status  # re-exported: the admin and stats import it from here
 
 
 class ExactCharField(models.CharField):  # type: ignore[type-arg]
