@@ -1,16 +1,19 @@
-"""Key validation, key templates and canonical hashing of call arguments."""
+"""Key validation, key templates and canonical (wire-form) hashing of call arguments."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import decimal
 import hashlib
 import inspect
 import json
-import unicodedata
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from django.utils.functional import Promise
 
 from .exceptions import InvalidKey
 
@@ -21,18 +24,28 @@ MAX_FINGERPRINT_LENGTH = 255
 KeySpec = str | Callable[..., str]
 
 
-def _control_character(value: str) -> str | None:
-    for char in value:
-        if unicodedata.category(char) == "Cc":
-            return char
-    return None
+# Unicode category Cc (U+0000-U+001F, U+007F-U+009F) and lone surrogates (U+D800-U+DFFF),
+# which no database or Redis can store as UTF-8. One regular expression, not a loop over
+# unicodedata: this runs on every claim.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _forbidden_character(value: str) -> str | None:
+    """Describe the first character a key, scope or fingerprint may not hold, if any."""
+    found = _FORBIDDEN.search(value)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "the control character"
+    return f"{kind} {char!r} at index {found.start()}"
 
 
 def validate_key(key: object) -> str:
     """Return ``key`` unchanged if it is a valid key, else raise :class:`InvalidKey`.
 
     A key is a string of 1 to 255 characters with no control character (Unicode
-    category Cc, which includes ``\\x00``-``\\x1f``, ``\\x7f`` and ``\\x85``). It is never
+    category Cc, which includes ``\\x00``-``\\x1f``, ``\\x7f`` and ``\\x85``) and no lone
+    surrogate (``\\ud800``-``\\udfff``, which is not text UTF-8 can carry). It is never
     truncated or hashed: a key that does not fit is the caller's bug.
     """
     if not isinstance(key, str):
@@ -41,9 +54,9 @@ def validate_key(key: object) -> str:
         raise InvalidKey("key must not be empty")
     if len(key) > MAX_KEY_LENGTH:
         raise InvalidKey(f"key is {len(key)} characters long; the limit is {MAX_KEY_LENGTH}")
-    bad = _control_character(key)
+    bad = _forbidden_character(key)
     if bad is not None:
-        raise InvalidKey(f"key contains the control character {bad!r} at index {key.index(bad)}")
+        raise InvalidKey(f"key contains {bad}")
     return key
 
 
@@ -53,11 +66,9 @@ def validate_scope(scope: object) -> str:
         raise InvalidKey(f"scope must be a str, not {type(scope).__name__}")
     if len(scope) > MAX_SCOPE_LENGTH:
         raise InvalidKey(f"scope is {len(scope)} characters long; the limit is {MAX_SCOPE_LENGTH}")
-    bad = _control_character(scope)
+    bad = _forbidden_character(scope)
     if bad is not None:
-        raise InvalidKey(
-            f"scope contains the control character {bad!r} at index {scope.index(bad)}"
-        )
+        raise InvalidKey(f"scope contains {bad}")
     return scope
 
 
@@ -72,34 +83,69 @@ def validate_fingerprint(fingerprint: object) -> str:
             f"fingerprint is {len(fingerprint)} characters long; the limit is "
             f"{MAX_FINGERPRINT_LENGTH} (pass a digest such as sha256 hex, not the payload)"
         )
-    bad = _control_character(fingerprint)
+    bad = _forbidden_character(fingerprint)
     if bad is not None:
-        raise ValueError(
-            f"fingerprint contains the control character {bad!r} at index {fingerprint.index(bad)}"
-        )
+        raise ValueError(f"fingerprint contains {bad}")
     return fingerprint
 
 
-def _canonical_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC)
-        return {"__datetime__": value.isoformat()}
-    if isinstance(value, dt.date):
-        return {"__date__": value.isoformat()}
-    if isinstance(value, dt.time):
-        return {"__time__": value.isoformat()}
+# -- arguments as a message carries them -----------------------------------------------
+#
+# A Celery message is JSON: kombu writes a datetime, date, time, Decimal or bytes as its
+# text form in a {"__type__", "__value__"} envelope that kombu's own consumers unwrap (a
+# UUID as its hex digits there), and any other producer simply writes the text (a UUID as
+# its canonical "8-4-4-4-12" text); a tuple becomes a list and every object key a string. Keys are derived from that wire form, so that `.delay(order_uuid)`,
+# `send_task("charge", args=[str(order_uuid)])` and a message a Node service wrote all name
+# one intent with one key.
+
+
+class _Unknown:
+    """Marks a value with no JSON wire form (a set, a model instance, a timedelta)."""
+
+
+_UNKNOWN = _Unknown()
+
+
+def _wire_scalar(value: Any) -> Any:
+    """The text kombu puts on the wire for a value of a type it encodes, else ``_UNKNOWN``."""
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Promise):  # a lazy translation string
+        return str(value)
+    reducer = getattr(value, "__json__", None)
+    if callable(reducer):
+        return wire_form(reducer())
+    return _UNKNOWN
+
+
+def _object_key(key: Any) -> str:
+    """An object key as JSON writes it: ``1`` -> ``"1"``, ``True`` -> ``"true"``."""
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    scalar = _wire_scalar(key)
+    if isinstance(scalar, str):
+        return scalar
+    raise TypeError(
+        f"cannot derive a key from a dict with a key of type {type(key).__name__}; "
+        "pass an explicit key template or callable"
+    )
+
+
+def _tagged(value: Any) -> Any:
+    """Types no JSON message can carry, for ``@once`` keys: tagged so they never collide."""
     if isinstance(value, dt.timedelta):
         return {"__timedelta__": value.total_seconds()}
-    if isinstance(value, decimal.Decimal):
-        # Normalised so that Decimal("1.10") and Decimal("1.1") give one key.
-        return {"__decimal__": str(value.normalize())}
-    if isinstance(value, uuid.UUID):
-        return {"__uuid__": str(value)}
     if isinstance(value, (set, frozenset)):
         return {"__set__": sorted(canonical_json(item) for item in value)}
-    if isinstance(value, bytes):
-        return {"__bytes__": value.hex()}
     if hasattr(value, "pk") and hasattr(value, "_meta"):
         # A model instance stands for its row: its label and primary key.
         return {"__model__": value._meta.label_lower, "pk": value.pk}
@@ -109,20 +155,48 @@ def _canonical_default(value: Any) -> Any:
     )
 
 
-def canonical_json(value: Any) -> str:
-    """Serialise ``value`` the same way every time: sorted keys, no whitespace.
+def wire_form(value: Any, *, keep_unknown: bool = False) -> Any:
+    """``value`` as a JSON message carries it: only str, int, float, bool, None, list, dict.
 
-    UUID, Decimal, datetime, date, time, timedelta, set, bytes and model instances are
-    tagged so that they never collide with plain strings that look alike.
+    UUID, datetime, date, time, Decimal and bytes become the text kombu writes for them,
+    tuples become lists and object keys strings (``{1: "a"}`` is ``{"1": "a"}``, as on the
+    wire; two keys that turn into one string raise ``TypeError``). A value with no wire
+    form is returned as it is with ``keep_unknown``, else tagged (sets, model instances,
+    timedeltas) or refused with ``TypeError``.
     """
-    return json.dumps(
-        value,
-        default=_canonical_default,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [wire_form(item, keep_unknown=keep_unknown) for item in value]
+    if isinstance(value, Mapping):
+        carried: dict[str, Any] = {}
+        for key, item in value.items():
+            name = _object_key(key)
+            if name in carried:
+                raise TypeError(
+                    f"cannot derive a key from a dict whose keys {key!r} and {name!r} are "
+                    "one key in a JSON message; pass an explicit key template or callable"
+                )
+            carried[name] = wire_form(item, keep_unknown=keep_unknown)
+        return carried
+    scalar = _wire_scalar(value)
+    if scalar is not _UNKNOWN:
+        return scalar
+    return value if keep_unknown else _tagged(value)
+
+
+def canonical_json(value: Any) -> str:
+    """Serialise the wire form of ``value`` the same way every time: sorted keys, no spaces."""
+    try:
+        return json.dumps(
+            wire_form(value),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+    except ValueError as exc:  # NaN or infinity: no JSON message can carry them
+        raise ValueError(f"cannot derive a key from these arguments: {exc}") from exc
 
 
 def bind_arguments(
@@ -140,7 +214,9 @@ def bind_arguments(
 
 def hash_arguments(arguments: Mapping[str, Any]) -> str:
     """A 32-hex-digit digest of the canonical serialisation of ``arguments``."""
-    return hashlib.sha256(canonical_json(dict(arguments)).encode()).hexdigest()[:32]
+    # surrogatepass: an argument may hold a lone surrogate; it still hashes the same way.
+    text = canonical_json(dict(arguments)).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).hexdigest()[:32]
 
 
 def default_name(func: Callable[..., Any]) -> str:
@@ -157,10 +233,11 @@ def make_key(
 ) -> str:
     """Derive the key for one call of ``func``.
 
-    - a ``str`` template is formatted with the bound arguments (defaults applied):
-      ``"welcome_email_{user_id}"``;
+    - a ``str`` template is formatted with the bound arguments (defaults applied), each
+      in its wire form (:func:`wire_form`): ``"welcome_email_{user_id}"``;
     - a callable is called with the call's own arguments and must return the key;
-    - ``None`` gives ``name`` (default ``module.qualname``) plus a hash of the arguments.
+    - ``None`` gives ``name`` (default ``module.qualname``) plus a hash of the wire form
+      of the arguments.
 
     The result is validated; a template naming an unknown argument raises
     :class:`InvalidKey`.
@@ -170,10 +247,18 @@ def make_key(
     arguments = bind_arguments(func, args, kwargs)
     if spec is None:
         return validate_key(f"{name or default_name(func)}:{hash_arguments(arguments)}")
+    # A template sees each argument as the message carries it (a datetime as its ISO 8601
+    # text, a UUID as its text); what no message can carry (a model instance) as itself.
+    values = {name: wire_form(value, keep_unknown=True) for name, value in arguments.items()}
     try:
-        key = spec.format(**arguments)
+        key = spec.format(**values)
     except (KeyError, IndexError) as exc:
         raise InvalidKey(
             f"key template {spec!r} names {exc} which is not an argument of {default_name(func)}"
+        ) from exc
+    except ValueError as exc:  # a format spec such as {when:%Y} on the wire text
+        raise InvalidKey(
+            f"key template {spec!r} cannot be formatted with the arguments as a message "
+            f"carries them (datetimes, UUIDs and Decimals are text there): {exc}"
         ) from exc
     return validate_key(key)

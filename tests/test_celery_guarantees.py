@@ -106,21 +106,18 @@ def test_simultaneous_messages_for_one_intent_run_the_body_once(redis_worker: Ru
 def test_positional_and_keyword_calls_with_rich_types_are_one_intent(
     redis_worker: Running,
 ) -> None:
-    # No once_key: the key is the task name plus a hash of the bound arguments, derived
-    # in the caller before the arguments are serialised into the message.
+    # No once_key: the key is the task name plus a hash of the bound arguments, in the
+    # form the message carries them (a Decimal, a datetime, a UUID as their JSON text).
     tasks, env = redis_worker.tasks, redis_worker.env
     tag = new_tag()
     ident = uuid.uuid4()
 
     when = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
-    paris = dt.timezone(dt.timedelta(hours=1))
 
     calls = [
         tasks.hashed.delay(tag, Decimal("10.50"), when, ident),
-        tasks.hashed.apply_async(
-            kwargs={"tag": tag, "amount": Decimal("10.5"), "when": when.astimezone(paris)}
-        ),
-        tasks.hashed.apply_async((tag,), {"when": when, "amount": Decimal("10.500"), "note": "n"}),
+        tasks.hashed.apply_async(kwargs={"tag": tag, "amount": Decimal("10.50"), "when": when}),
+        tasks.hashed.apply_async((tag,), {"when": when, "amount": Decimal("10.50"), "note": "n"}),
     ]
     # ident defaults to None in the last two: a different intent from the first.
     keys = [call.get(timeout=RESULT_TIMEOUT) for call in calls]
@@ -130,11 +127,30 @@ def test_positional_and_keyword_calls_with_rich_types_are_one_intent(
     assert keys[1].startswith("onceonly_tests.hashed:")
     assert env.count(tag, "sent") == 2
 
-    again = tasks.hashed.apply_async(
-        (tag, Decimal("10.5"), when.astimezone(paris)), {"ident": ident}
-    )
+    again = tasks.hashed.apply_async((tag, Decimal("10.50"), when), {"ident": ident})
     assert again.get(timeout=RESULT_TIMEOUT) == keys[0]
     assert env.count(tag, "sent") == 2
+
+
+def test_one_intent_sent_by_two_producers_runs_once(redis_worker: Running) -> None:
+    # One producer calls .delay() with rich values; another (send_task by name, as a
+    # service without the task's code would) sends their JSON text. Before keys were
+    # derived from the wire form these were two keys and the body ran twice.
+    tasks, env = redis_worker.tasks, redis_worker.env
+    tag = new_tag()
+    ident = uuid.uuid4()
+    when = dt.datetime(2026, 3, 1, 12, 0, 30, 250000, tzinfo=dt.UTC)
+
+    first = tasks.hashed.delay(tag, Decimal("10.50"), when, ident)
+    key = first.get(timeout=RESULT_TIMEOUT)
+    by_name = tasks.app.send_task(
+        "onceonly_tests.hashed",
+        args=[tag, "10.50", when.isoformat(), str(ident)],
+        queue=tasks.queue,
+    )
+
+    assert by_name.get(timeout=RESULT_TIMEOUT) == key
+    assert env.count(tag, "sent") == 1
 
 
 # -- 2. retries pass their own claim -----------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from django_onceonly import InProgress, InvalidKey, check_lock
+from django_onceonly import InProgress, InvalidKey, InvalidResult, check_lock
 from django_onceonly.celery import DuplicateTask, OnceTask
 from tests.conftest import Backend
 
@@ -130,26 +130,33 @@ def test_positional_keyword_and_default_arguments_give_one_key(backend: Backend)
     assert run_count("welcome") == 2
 
 
-def test_uuid_decimal_datetime_and_date_are_canonical(backend: Backend) -> None:
+def test_uuid_decimal_datetime_and_date_are_keyed_as_the_message_carries_them(
+    backend: Backend,
+) -> None:
     order = uuid.UUID("12345678-1234-5678-1234-567812345678")
     at = dt.datetime(2026, 5, 1, 9, 30, tzinfo=dt.UTC)
     plus_two = dt.timezone(dt.timedelta(hours=2))
 
     first = charge.apply((Decimal("19.90"), at, order), {"day": dt.date(2026, 5, 1)}).get()
+    # The same intent written by a producer that sends JSON text (another service, or
+    # send_task by name): one key, so the body does not run again.
     same = charge.apply(
         kwargs={
-            "order": order,
-            "amount": Decimal("19.9"),
-            "at": at.astimezone(plus_two),
-            "day": dt.date(2026, 5, 1),
+            "order": str(order),
+            "amount": "19.90",
+            "at": "2026-05-01T09:30:00+00:00",
+            "day": "2026-05-01",
         }
     ).get()
     other_day = charge.apply((Decimal("19.90"), at, order, dt.date(2026, 5, 2))).get()
     naive = charge.apply((Decimal("19.90"), at.replace(tzinfo=None), order)).get()
+    # Other texts on the wire are other intents: kombu writes what it is given.
+    other_offset = charge.apply((Decimal("19.90"), at.astimezone(plus_two), order)).get()
+    other_places = charge.apply((Decimal("19.9"), at, order)).get()
 
     assert first == same
-    assert len({first, other_day, naive}) == 3
-    assert run_count("charge") == 3
+    assert len({first, other_day, naive, other_offset, other_places}) == 5
+    assert run_count("charge") == 5
 
 
 def test_unbound_task_binds_to_its_own_signature(backend: Backend) -> None:
@@ -246,6 +253,12 @@ def test_self_once_outside_a_run_is_an_error() -> None:
         ({"once_lease": 0}, ValueError),
         ({"once_ttl": dt.timedelta(seconds=-1)}, ValueError),
         ({"once_lease": "300"}, ValueError),
+        ({"once_ttl": 1e12}, ValueError),
+        ({"once_ttl": float("inf")}, ValueError),
+        ({"once_ttl": dt.timedelta.max}, ValueError),
+        ({"once_lease": float("nan")}, ValueError),
+        ({"once_lease": 1e12}, ValueError),
+        ({"once_scope": "tenant\ud800"}, InvalidKey),
     ],
 )
 def test_bad_options_fail_when_the_task_is_declared(
@@ -268,3 +281,22 @@ def test_a_single_ambiguous_exception_type_is_accepted() -> None:
         pass
 
     assert app.tasks["eager.one_ambiguous"].once_ambiguous == (TimeoutError,)
+
+
+@app.task(base=OnceTask, bind=True, shared=False, name="eager.surrogate", once_key="sur-{n}")
+def surrogate(self: OnceTask, n: int) -> str:
+    runs.append(("surrogate", n))
+    return "bad\ud800"
+
+
+def test_result_with_a_lone_surrogate_fails_the_task_clearly_and_frees_the_claim(
+    backend: Backend,
+) -> None:
+    # Guarantee 5: before, UnicodeEncodeError escaped and the claim waited for its lease.
+    outcome = surrogate.apply((1,))
+
+    assert isinstance(outcome.result, InvalidResult)
+    assert "lone surrogate" in str(outcome.result)
+    assert backend.record("sur-1") is None
+    surrogate.apply((1,))
+    assert run_count("surrogate") == 2
