@@ -54,6 +54,13 @@ from .exceptions import (
 )
 from .keys import make_key, validate_scope
 from .locks import Lock, check_lock
+from .rules import (
+    ON_ERROR_CHOICES,
+    TASK_ON_DUPLICATE_CHOICES,
+    TASK_ON_IN_PROGRESS_CHOICES,
+    check_choice,
+    optional_seconds,
+)
 from .stores.base import COMPLETED, IN_PROGRESS, UNKNOWN
 
 __all__ = ["DuplicateTask", "OnceTask"]
@@ -66,9 +73,6 @@ HEADER_KEY = "onceonly_key"
 HEADER_SCOPE = "onceonly_scope"
 HEADER_TOKEN = "onceonly_token"
 
-ON_DUPLICATE_CHOICES = ("return", "raise")
-ON_IN_PROGRESS_CHOICES = ("retry", "skip", "raise")
-ON_ERROR_CHOICES = ("release", "fail")
 
 # The lease of a task with a hard time limit: the limit, plus this share of it, plus at
 # least this many seconds, so that clock skew between hosts never ends it early.
@@ -223,12 +227,6 @@ def _static_option(cls: type, name: str) -> Any:
     return value
 
 
-def _check_choice(cls: type, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(cls, name)
-    if value not in choices:
-        raise ValueError(f"{cls.__name__}.{name} must be one of {choices}, not {value!r}")
-
-
 def _delay(eta: Any, countdown: Any) -> float | None:
     """Seconds until a message with this ``eta`` or ``countdown`` runs; ``None`` if neither."""
     if isinstance(eta, dt.datetime):
@@ -284,9 +282,12 @@ class OnceTask(Task[..., Any]):
         # Celery builds a subclass for each decorated function, so a bad option fails
         # when the task module is imported, not when the first message arrives.
         super().__init_subclass__(**kwargs)
-        _check_choice(cls, "once_on_duplicate", ON_DUPLICATE_CHOICES)
-        _check_choice(cls, "once_on_in_progress", ON_IN_PROGRESS_CHOICES)
-        _check_choice(cls, "once_on_error", ON_ERROR_CHOICES)
+        name = cls.__name__
+        check_choice(f"{name}.once_on_duplicate", cls.once_on_duplicate, TASK_ON_DUPLICATE_CHOICES)
+        check_choice(
+            f"{name}.once_on_in_progress", cls.once_on_in_progress, TASK_ON_IN_PROGRESS_CHOICES
+        )
+        check_choice(f"{name}.once_on_error", cls.once_on_error, ON_ERROR_CHOICES)
         ambiguous = cls.once_ambiguous
         if isinstance(ambiguous, type):
             ambiguous = (ambiguous,)
@@ -297,16 +298,8 @@ class OnceTask(Task[..., Any]):
                     f"{cls.__name__}.once_ambiguous must hold exception types, not {kind!r}"
                 )
         cls.once_ambiguous = ambiguous
-        for name in ("once_ttl", "once_lease"):
-            span = getattr(cls, name)
-            seconds = span.total_seconds() if isinstance(span, dt.timedelta) else span
-            if span is not None and (
-                isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0
-            ):
-                raise ValueError(
-                    f"{cls.__name__}.{name} must be a positive number of seconds, a "
-                    f"timedelta or None, not {span!r}"
-                )
+        optional_seconds(cls.once_ttl, f"{name}.once_ttl")
+        optional_seconds(cls.once_lease, f"{name}.once_lease")
         key = _static_option(cls, "once_key")
         if key is not None and not isinstance(key, str) and not callable(key):
             raise TypeError(f"{cls.__name__}.once_key must be a str, a callable or None")

@@ -18,15 +18,29 @@ DEFAULTS: dict[str, Any] = {
     "ONCEONLY_API_SCOPE": None,
 }
 
-AFTER_LEASE_CHOICES = ("reclaim", "hold")
-ON_STORE_ERROR_CHOICES = ("raise", "run")
-
 
 class Settings:
-    """Typed access to the ``ONCEONLY_*`` settings; never cached, so ``override_settings`` works."""
+    """Typed access to the ``ONCEONLY_*`` settings; never cached, so ``override_settings`` works.
 
-    def _get(self, name: str) -> Any:
+    This is the one reader of Django settings in the package: the system checks read the
+    raw values through :meth:`get`, everything else through the typed properties.
+    """
+
+    def get(self, name: str) -> Any:
+        """The raw value of ``name`` as configured, or its default."""
         return getattr(settings, name, DEFAULTS[name])
+
+    _get = get
+
+    @property
+    def database_aliases(self) -> list[str]:
+        """The aliases of Django's ``DATABASES``."""
+        return list(settings.DATABASES)
+
+    def cache_config(self, alias: str) -> dict[str, Any] | None:
+        """``CACHES[alias]`` as configured, or ``None`` if there is no such alias."""
+        config: dict[str, Any] | None = getattr(settings, "CACHES", {}).get(alias)
+        return config
 
     @property
     def ONCEONLY_STORE(self) -> str:

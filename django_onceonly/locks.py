@@ -30,8 +30,16 @@ from .exceptions import (
     StoreUnavailable,
 )
 from .keys import KeySpec, make_key, validate_fingerprint, validate_key, validate_scope
+from .rules import (
+    ON_ERROR_CHOICES,
+    ONCE_ON_IN_PROGRESS_CHOICES,
+    Status,
+    check_choice,
+    optional_seconds,
+)
+from .rules import seconds as to_seconds
 from .stores import get_store
-from .stores.base import COMPLETED, FAILED, IN_PROGRESS, UNKNOWN, ClaimRequest, Record
+from .stores.base import ClaimRequest, Record
 
 logger = logging.getLogger("django_onceonly")
 
@@ -40,14 +48,17 @@ R = TypeVar("R")
 
 LOCKED = "locked"
 DUPLICATE = "duplicate"
-ON_ERROR_CHOICES = ("release", "fail")
-ON_IN_PROGRESS_CHOICES = ("raise", "skip")
+COMPLETED = Status.COMPLETED.value
+FAILED = Status.FAILED.value
+IN_PROGRESS = Status.IN_PROGRESS.value
+UNKNOWN = Status.UNKNOWN.value
 
 
 # PostgreSQL's jsonb refuses NUL, which JSON writes as \u0000. That text is an escape only
 # after an even number of backslashes; the string "C:\\u0000" (a real backslash, then
 # "u0000") encodes as "C:\\\\u0000" and must still be stored.
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def encode_result(result: Any) -> str:
@@ -60,23 +71,17 @@ def encode_result(result: Any) -> str:
         ) from exc
     if "\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
         raise InvalidResult("result cannot be stored: it contains a NUL character (\\u0000)")
-    size = len(encoded.encode())
+    try:
+        size = len(encoded.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidResult(
+            "result cannot be stored: it contains a lone surrogate "
+            f"({exc.object[exc.start : exc.end]!r}), which is not valid UTF-8 text"
+        ) from exc
     limit = conf.ONCEONLY_MAX_RESULT_BYTES
     if size > limit:
         raise ResultTooLarge(size, limit)
     return encoded
-
-
-def _seconds(value: float | dt.timedelta | None, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(
-            f"{name} must be a positive number of seconds or a timedelta, not {value!r}"
-        )
-    return float(value)
 
 
 class Lock:
@@ -201,6 +206,8 @@ class Lock:
             if not isinstance(error, BaseException)
             else f"{type(error).__name__}: {error}"
         ).replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
+        if _LONE_SURROGATE.search(text):  # nor can any store hold a lone surrogate
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         now = timezone.now()
         expires_at = None if outcome_unknown else self._expires_at(now)
         get_store().finish(
@@ -236,8 +243,7 @@ class Lock:
 
     def extend(self, seconds: float | dt.timedelta) -> None:
         """Heartbeat: the lease now ends ``seconds`` from now. ``LockLost`` if no longer owner."""
-        span = _seconds(seconds, "seconds")
-        assert span is not None
+        span = to_seconds(seconds, "seconds")
         if not self._owned("extend"):
             return
         now = timezone.now()
@@ -267,6 +273,20 @@ class Lock:
             return
         if exc is None:
             self.complete(None)
+            return
+        if not isinstance(exc, Exception):
+            # KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit: the run
+            # was stopped from outside, perhaps after its side effect. Its outcome is
+            # unknown, as after a crash, so the claim is left to its lease and
+            # ONCEONLY_AFTER_LEASE decides ("reclaim": the next attempt runs after the
+            # lease; "hold": the record turns unknown). OnceTask does the same.
+            logger.warning(
+                "django-onceonly: run of key %r (scope %r) interrupted by %s; the claim is "
+                "left to its lease",
+                self.key,
+                self.scope,
+                type(exc).__name__,
+            )
             return
         try:
             if self.on_error == "fail":
@@ -310,13 +330,15 @@ def check_lock(
     validate_key(key)
     validate_scope(scope)
     fingerprint_value = validate_fingerprint(fingerprint)
-    if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, not {on_error!r}")
+    check_choice("on_error", on_error, ON_ERROR_CHOICES)
+    # Spans are checked before anything is written: a ttl the store cannot hold would
+    # otherwise fail at complete(), after the work ran, and leave the key claimable.
     ttl_seconds = (
-        _seconds(ttl, "ttl") if ttl is not None else _seconds(conf.ONCEONLY_TTL, "ONCEONLY_TTL")
+        to_seconds(ttl, "ttl")
+        if ttl is not None
+        else optional_seconds(conf.ONCEONLY_TTL, "ONCEONLY_TTL")
     )
-    lease_seconds = _seconds(lease if lease is not None else conf.ONCEONLY_LEASE, "lease")
-    assert lease_seconds is not None
+    lease_seconds = to_seconds(lease if lease is not None else conf.ONCEONLY_LEASE, "lease")
     metadata_dict = dict(metadata or {})
     try:
         metadata_json = json.dumps(
@@ -326,6 +348,8 @@ def check_lock(
         raise ValueError(f"metadata must be a JSON-serialisable dict: {exc}") from exc
     if "\\u0000" in metadata_json and _ESCAPED_NUL.search(metadata_json):
         raise ValueError("metadata cannot be stored: it contains a NUL character (\\u0000)")
+    if _LONE_SURROGATE.search(metadata_json):
+        raise ValueError("metadata cannot be stored: it contains a lone surrogate (not UTF-8)")
     now = timezone.now()
     token = secrets.token_hex(16)
     request = ClaimRequest(
@@ -443,12 +467,13 @@ def once(
     running raises ``InProgress`` (or returns ``None`` with ``on_in_progress="skip"``);
     a call after a stored failure raises ``IntentBlocked``. Works on ``async def`` too.
     """
-    if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, not {on_error!r}")
-    if on_in_progress not in ON_IN_PROGRESS_CHOICES:
-        raise ValueError(
-            f"on_in_progress must be one of {ON_IN_PROGRESS_CHOICES}, not {on_in_progress!r}"
-        )
+    check_choice("on_error", on_error, ON_ERROR_CHOICES)
+    check_choice("on_in_progress", on_in_progress, ONCE_ON_IN_PROGRESS_CHOICES)
+    # Checked at decoration, so that a bad span fails when the module is imported.
+    if ttl is not None:
+        to_seconds(ttl, "ttl")
+    if lease is not None:
+        to_seconds(lease, "lease")
     options: dict[str, Any] = {
         "scope": scope,
         "ttl": ttl,
@@ -470,8 +495,13 @@ def once(
                 try:
                     value = await coroutine_function(*args, **kwargs)
                     await sync_to_async(lock.complete)(value)
-                except BaseException as exc:
+                except Exception as exc:
                     await sync_to_async(lock.__exit__)(type(exc), exc, exc.__traceback__)
+                    raise
+                except BaseException as exc:
+                    # Cancelled or interrupted: nothing to write (see Lock.__exit__), and
+                    # no await, which a cancelled task should not start.
+                    lock.__exit__(type(exc), exc, exc.__traceback__)
                     raise
                 return value
 

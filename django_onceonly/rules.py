@@ -73,7 +73,7 @@ def seconds(value: Any, name: str) -> float:
         or not 0 < number <= MAX_SECONDS
     ):
         raise ValueError(
-            f"{name} must be a number of seconds (or a timedelta) above 0 and at most "
+            f"{name} must be a positive number of seconds or a timedelta, at most "
             f"{MAX_SECONDS} (100 years), not {value!r}"
         )
     return float(number)

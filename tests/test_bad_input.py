@@ -42,6 +42,9 @@ def assert_nothing_stored(backend: Backend, *keys: str, scope: str = "") -> None
         assert list(IdempotencyRecord.objects.using(backend.alias).values_list("key")) == []
 
 
+AT_MOST = "at most 3153600000 (100 years)"
+
+
 def exact(message: str) -> str:
     """A ``pytest.raises(match=...)`` pattern for exactly ``message``."""
     return f"^{re.escape(message)}$"
@@ -60,8 +63,10 @@ def exact(message: str) -> str:
         ("\tabc", "key contains the control character '\\t' at index 0", ["\tabc", "abc"]),
         ("ab\x7f", "key contains the control character '\\x7f' at index 2", ["ab\x7f", "ab"]),
         ("ab\x85", "key contains the control character '\\x85' at index 2", ["ab\x85", "ab"]),
+        ("a\ud800b", "key contains a lone surrogate '\\ud800' at index 1", ["ab", "a?b"]),
+        ("\udfff", "key contains a lone surrogate '\\udfff' at index 0", ["?"]),
     ],
-    ids=["empty", "256-chars", "NUL", "newline", "tab", "DEL", "NEL"],
+    ids=["empty", "256-chars", "NUL", "newline", "tab", "DEL", "NEL", "surrogate", "low-surrogate"],
 )
 def test_invalid_key_is_refused_and_nothing_is_written(
     backend: Backend, key: str, message: str, lookalikes: list[str]
@@ -108,8 +113,9 @@ def test_non_str_key_is_refused(backend: Backend, key: Any, type_name: str) -> N
         ("tenant\n", "scope contains the control character '\\n' at index 6"),
         ("\x00", "scope contains the control character '\\x00' at index 0"),
         ("t\x85", "scope contains the control character '\\x85' at index 1"),
+        ("t\ud800", "scope contains a lone surrogate '\\ud800' at index 1"),
     ],
-    ids=["None", "int", "256-chars", "newline", "NUL", "NEL"],
+    ids=["None", "int", "256-chars", "newline", "NUL", "NEL", "surrogate"],
 )
 def test_invalid_scope_is_refused(backend: Backend, scope: Any, message: str) -> None:
     with pytest.raises(InvalidKey, match=exact(message)):
@@ -122,11 +128,36 @@ def test_invalid_scope_is_refused(backend: Backend, scope: Any, message: str) ->
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"ttl": 0}, ValueError, "ttl must be a positive number of seconds or a timedelta, not 0"),
+        (
+            {"ttl": 0},
+            ValueError,
+            f"ttl must be a positive number of seconds or a timedelta, {AT_MOST}, not 0",
+        ),
         ({"ttl": -1.5}, ValueError, "ttl must be a positive number of seconds"),
         ({"ttl": dt.timedelta(0)}, ValueError, "ttl must be a positive number of seconds"),
+        (
+            {"ttl": 1e12},
+            ValueError,
+            f"ttl must be a positive number of seconds or a timedelta, {AT_MOST}, not 1000000000000.0",
+        ),
+        ({"ttl": float("inf")}, ValueError, f"{AT_MOST}, not inf"),
+        ({"ttl": float("nan")}, ValueError, f"{AT_MOST}, not nan"),
+        (
+            {"ttl": dt.timedelta.max},
+            ValueError,
+            f"{AT_MOST}, not datetime.timedelta(days=999999999",
+        ),
+        ({"ttl": 3_153_600_001}, ValueError, f"{AT_MOST}, not 3153600001"),
+        ({"ttl": True}, ValueError, f"{AT_MOST}, not True"),
         ({"lease": 0}, ValueError, "lease must be a positive number of seconds"),
         ({"lease": "60"}, ValueError, "lease must be a positive number of seconds"),
+        (
+            {"lease": float("inf")},
+            ValueError,
+            f"lease must be a positive number of seconds or a timedelta, {AT_MOST}, not inf",
+        ),
+        ({"lease": 1e12}, ValueError, f"{AT_MOST}, not 1000000000000.0"),
+        ({"lease": float("-inf")}, ValueError, f"{AT_MOST}, not -inf"),
         ({"on_error": "retry"}, ValueError, "on_error must be one of ('release', 'fail')"),
         ({"fingerprint": 5}, ValueError, "fingerprint must be a str or None, not int"),
         ({"fingerprint": "f" * 256}, ValueError, "fingerprint is 256 characters long"),
@@ -136,8 +167,17 @@ def test_invalid_scope_is_refused(backend: Backend, scope: Any, message: str) ->
         "ttl-0",
         "ttl-negative",
         "ttl-timedelta-0",
+        "ttl-1e12",
+        "ttl-inf",
+        "ttl-nan",
+        "ttl-timedelta-max",
+        "ttl-over-100-years",
+        "ttl-bool",
         "lease-0",
         "lease-str",
+        "lease-inf",
+        "lease-1e12",
+        "lease-minus-inf",
         "on_error",
         "fingerprint-int",
         "fingerprint-long",
@@ -158,8 +198,17 @@ def test_invalid_option_is_refused_and_nothing_is_written(
     [
         ({"fingerprint": "sha256:\x00"}, "fingerprint contains the control character '\\x00'"),
         ({"metadata": {"note": "a\x00b"}}, "metadata cannot be stored: it contains a NUL"),
+        ({"fingerprint": "sha\ud800"}, "fingerprint contains a lone surrogate '\\ud800'"),
+        ({"metadata": {"note": "a\ud800b"}}, "metadata cannot be stored: it contains a lone"),
+        ({"metadata": {"\udc80": 1}}, "metadata cannot be stored: it contains a lone"),
     ],
-    ids=["fingerprint-NUL", "metadata-NUL"],
+    ids=[
+        "fingerprint-NUL",
+        "metadata-NUL",
+        "fingerprint-surrogate",
+        "metadata-surrogate",
+        "metadata-key-surrogate",
+    ],
 )
 def test_nul_in_fingerprint_or_metadata_is_bad_input_not_a_dead_store(
     backend: Backend, settings: Any, options: dict[str, Any], message: str
@@ -183,6 +232,61 @@ def test_nul_in_a_failure_text_is_stored_escaped(backend: Backend) -> None:
     assert record is not None
     assert record.status == "failed"
     assert record.error == "ValueError: bad byte \\x00 in payload"
+
+
+def test_lone_surrogate_in_a_failure_text_is_stored_escaped(backend: Backend) -> None:
+    lock = check_lock("k")
+
+    lock.fail(ValueError("bad text \ud800 from a client"))
+
+    record = backend.record("k")
+    assert record is not None
+    assert record.status == "failed"
+    assert record.error == "ValueError: bad text \\ud800 from a client"
+
+
+@pytest.mark.parametrize(
+    "ttl", [1e12, float("inf"), dt.timedelta.max], ids=["1e12", "inf", "timedelta-max"]
+)
+def test_once_with_an_absurd_ttl_is_refused_when_decorating_and_never_runs(
+    backend: Backend, ttl: Any
+) -> None:
+    runs: list[int] = []
+
+    with pytest.raises(ValueError, match=re.escape(AT_MOST)):
+
+        @once(key="charge_{order}", ttl=ttl)
+        def charge(order: int) -> int:
+            runs.append(order)
+            return order
+
+    assert runs == []
+    assert_nothing_stored(backend, "charge_1")
+
+
+@pytest.mark.parametrize(
+    "ttl", [1e12, float("inf"), dt.timedelta.max], ids=["1e12", "inf", "timedelta-max"]
+)
+def test_absurd_ttl_is_refused_before_the_claim_so_nothing_is_left_in_progress(
+    backend: Backend, ttl: Any
+) -> None:
+    # Before: check_lock accepted it, complete() overflowed and the record stayed in
+    # progress (or the context manager released it and the work ran again).
+    with pytest.raises(ValueError, match=re.escape(AT_MOST)):
+        check_lock("charge_1", ttl=ttl)
+
+    assert_nothing_stored(backend, "charge_1")
+
+
+def test_longest_ttl_and_lease_are_stored_and_replayed(backend: Backend) -> None:
+    lock = check_lock("long", ttl=3_153_600_000, lease=3_153_600_000)
+    lock.complete({"ok": True})
+
+    again = check_lock("long")
+    assert again.duplicate
+    assert again.result == {"ok": True}
+    assert again.expires_at is not None
+    assert again.expires_at.year >= dt.datetime.now(dt.UTC).year + 99
 
 
 def test_once_with_a_template_giving_a_bad_key_does_not_run(backend: Backend) -> None:
@@ -241,8 +345,26 @@ def _circular() -> list[Any]:
         (_circular(), "result of type list cannot be stored: it is not JSON-serialisable"),
         ("a\x00b", "result cannot be stored: it contains a NUL character (\\u0000)"),
         ({"k\x00": 1}, "result cannot be stored: it contains a NUL character (\\u0000)"),
+        (
+            "bad\ud800",
+            "result cannot be stored: it contains a lone surrogate ('\\ud800'), which is not "
+            "valid UTF-8 text",
+        ),
+        ({"\udfff": 1}, "result cannot be stored: it contains a lone surrogate ('\\udfff')"),
     ],
-    ids=["object", "set", "nan", "inf", "datetime", "tuple-key", "circular", "NUL", "NUL-key"],
+    ids=[
+        "object",
+        "set",
+        "nan",
+        "inf",
+        "datetime",
+        "tuple-key",
+        "circular",
+        "NUL",
+        "NUL-key",
+        "surrogate",
+        "surrogate-key",
+    ],
 )
 def test_unserialisable_result_is_refused_and_the_claim_is_still_owned(
     backend: Backend, result: Any, message: str

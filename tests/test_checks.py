@@ -1,14 +1,18 @@
-"""System checks: one test per id, django_onceonly.E001 to E010."""
+"""System checks: one test per id, django_onceonly.E001 to E010 and W001."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from django.core.checks import Error, run_checks
+from django.core.checks import Error, Warning, run_checks
+from django.core.checks.registry import registry
 from django.test import override_settings
 
+from django_onceonly import checks
 from django_onceonly.checks import check_settings
+from django_onceonly.stores import DatabaseStore
+from django_onceonly.stores.redis import RedisStore
 
 LOCMEM = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 REDIS = {
@@ -25,6 +29,18 @@ def errors(**overrides: Any) -> list[Error]:
         found = check_settings(None)
     assert all(isinstance(error, Error) for error in found)
     return found  # type: ignore[return-value]
+
+
+class MyRedisStore(RedisStore):
+    """A store whose path does not end with "RedisStore": still checked as one."""
+
+
+class CustomStoreForRedis(MyRedisStore):
+    pass
+
+
+class NotARedisStore(DatabaseStore):
+    """Its name ends like RedisStore's; it is a database store all the same."""
 
 
 def only(found: list[Error], check_id: str) -> Error:
@@ -81,20 +97,26 @@ def test_e002_store_that_is_not_a_base_store(store: str) -> None:
     )
 
 
-@pytest.mark.parametrize("ttl", [0, -1, "86400", True, [60]])
+@pytest.mark.parametrize(
+    "ttl", [0, -1, "86400", True, [60], 1e12, float("inf"), float("nan"), 3_153_600_001]
+)
 def test_e003_ttl_that_is_not_positive_or_none(ttl: Any) -> None:
     error = only(errors(ONCEONLY_TTL=ttl), "django_onceonly.E003")
 
     assert error.msg == (
-        f"ONCEONLY_TTL={ttl!r} must be a positive number of seconds or None (keep forever)."
+        f"ONCEONLY_TTL={ttl!r} must be a positive number of seconds, at most 3153600000 "
+        "(100 years), or None (keep forever)."
     )
 
 
-@pytest.mark.parametrize("lease", [0, -30, None, "300", False])
+@pytest.mark.parametrize("lease", [0, -30, None, "300", False, 1e12, float("inf"), float("-inf")])
 def test_e004_lease_that_is_not_positive(lease: Any) -> None:
     error = only(errors(ONCEONLY_LEASE=lease), "django_onceonly.E004")
 
-    assert error.msg == f"ONCEONLY_LEASE={lease!r} must be a positive number of seconds."
+    assert error.msg == (
+        f"ONCEONLY_LEASE={lease!r} must be a positive number of seconds, at most 3153600000 "
+        "(100 years)."
+    )
 
 
 @pytest.mark.parametrize("after_lease", ["retry", "Reclaim", "", None])
@@ -165,6 +187,48 @@ def test_redis_store_with_a_django_redis_cache_gives_no_errors() -> None:
     )
 
     assert found == []
+
+
+def test_e009_applies_to_a_subclass_of_redis_store_whatever_its_name() -> None:
+    found = errors(
+        ONCEONLY_STORE=f"{__name__}.CustomStoreForRedis",
+        ONCEONLY_REDIS_CACHE="nowhere",
+        CACHES=REDIS,
+    )
+
+    assert only(found, "django_onceonly.E009").msg == (
+        "ONCEONLY_REDIS_CACHE='nowhere' is not an alias in CACHES."
+    )
+
+
+def test_a_store_named_like_redis_store_but_not_one_is_not_checked_as_one() -> None:
+    assert errors(ONCEONLY_STORE=f"{__name__}.NotARedisStore", CACHES=LOCMEM) == []
+
+
+def test_w001_redis_cache_with_a_version_warns_that_bumping_it_forgets_every_intent() -> None:
+    cache = {**REDIS["onceonly"], "VERSION": 3}
+    with override_settings(
+        ONCEONLY_STORE="django_onceonly.stores.RedisStore",
+        ONCEONLY_REDIS_CACHE="onceonly",
+        CACHES={**REDIS, "onceonly": cache},
+    ):
+        found = check_settings(None)
+
+    assert [message.id for message in found] == ["django_onceonly.W001"]
+    assert isinstance(found[0], Warning)
+    assert found[0].msg == (
+        "CACHES['onceonly'] has VERSION=3: RedisStore's keys include the cache's VERSION, "
+        "so changing it (a common way to flush a cache) forgets every stored intent and lets "
+        "all past work run again."
+    )
+
+
+def test_each_concern_is_its_own_registered_check() -> None:
+    registered = set(registry.get_checks())
+
+    assert set(checks.CHECKS) <= registered
+    assert check_settings not in registered
+    assert len(checks.CHECKS) == 6
 
 
 def test_cache_settings_are_not_checked_for_the_database_store() -> None:

@@ -276,15 +276,78 @@ def test_unknown_outcome_blocks_with_intent_blocked(backend: Backend) -> None:
     assert exc.value.record_status == "unknown"
 
 
-def test_keyboard_interrupt_also_releases(backend: Backend) -> None:
-    @once(key="k")
+# -- interrupted runs: left to the lease, like a crash (docs/concepts.md) ----------------
+
+
+def test_keyboard_interrupt_leaves_the_claim_to_its_lease(backend: Backend) -> None:
+    runs: list[int] = []
+
+    @once(key="k", lease=60)
     def work() -> None:
+        runs.append(1)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         work()
 
+    record = backend.record("k")
+    assert record is not None
+    assert record.status == "in_progress"
+    # The interrupted run may have acted: nothing runs again while its lease lasts.
+    with pytest.raises(InProgress):
+        work()
+    assert runs == [1]
+
+
+def test_system_exit_in_a_with_block_leaves_the_claim_to_its_lease(backend: Backend) -> None:
+    def run() -> None:
+        with check_lock("k", lease=60) as lock:
+            assert lock.locked
+            raise SystemExit(1)
+
+    with pytest.raises(SystemExit):
+        run()
+
+    assert check_lock("k").duplicate
+
+    record = backend.record("k")
+    assert record is not None
+    assert record.status == "in_progress"
+
+
+def test_an_ordinary_exception_still_releases(backend: Backend) -> None:
+    def run() -> None:
+        with check_lock("k") as lock:
+            assert lock.locked
+            raise RuntimeError("provider said no")
+
+    with pytest.raises(RuntimeError):
+        run()
+
     assert backend.record("k") is None
+
+
+def test_cancelled_async_run_leaves_the_claim_to_its_lease(backend: Backend) -> None:
+    started = asyncio.Event()
+
+    @once(key="slow", lease=60)
+    async def slow() -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return "done"
+
+    async def main() -> None:
+        task = asyncio.create_task(slow())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+    record = backend.record("slow")
+    assert record is not None
+    assert record.status == "in_progress"
 
 
 def test_wrapper_keeps_the_functions_name_and_doc(backend: Backend) -> None:
