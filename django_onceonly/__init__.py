@@ -17,7 +17,8 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from .locks import Lock, check_lock, once
+    from .decorators import once
+    from .locks import Lock, acheck_lock, check_lock
 
 __version__ = "0.1.0.dev0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "OnceOnlyError",
     "ResultTooLarge",
     "StoreUnavailable",
+    "acheck_lock",
     "check_lock",
     "once",
 ]
@@ -40,8 +42,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The lock layer imports the models; loading it lazily keeps `import django_onceonly`
     # safe before Django's app registry is ready (settings files, celery.py).
-    if name in ("Lock", "check_lock", "once"):
+    if name in ("Lock", "acheck_lock", "check_lock"):
         from . import locks
 
         return getattr(locks, name)
+    if name == "once":
+        from .decorators import once
+
+        return once
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,38 +1,25 @@
-"""The public core: :func:`check_lock`, the :class:`Lock` handle and :func:`once`."""
+"""The public core: :func:`check_lock` and the :class:`Lock` handle (``@once`` is in ``decorators``)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import inspect
-import json
 import logging
 import math
-import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from . import signals
 from .conf import conf
-from .exceptions import (
-    FingerprintMismatch,
-    InProgress,
-    IntentBlocked,
-    InvalidResult,
-    LockLost,
-    OnceOnlyError,
-    ResultTooLarge,
-    StoreUnavailable,
-)
-from .keys import KeySpec, make_key, validate_fingerprint, validate_key, validate_scope
+from .encoding import encode_error, encode_metadata, encode_result
+from .exceptions import FingerprintMismatch, LockLost, OnceOnlyError, StoreUnavailable
+from .keys import validate_fingerprint, validate_key, validate_scope
 from .rules import (
     ON_ERROR_CHOICES,
-    ONCE_ON_IN_PROGRESS_CHOICES,
     Status,
     check_choice,
     optional_seconds,
@@ -43,8 +30,6 @@ from .stores.base import ClaimRequest, Record
 
 logger = logging.getLogger("django_onceonly")
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 LOCKED = "locked"
 DUPLICATE = "duplicate"
@@ -52,36 +37,6 @@ COMPLETED = Status.COMPLETED.value
 FAILED = Status.FAILED.value
 IN_PROGRESS = Status.IN_PROGRESS.value
 UNKNOWN = Status.UNKNOWN.value
-
-
-# PostgreSQL's jsonb refuses NUL, which JSON writes as \u0000. That text is an escape only
-# after an even number of backslashes; the string "C:\\u0000" (a real backslash, then
-# "u0000") encodes as "C:\\\\u0000" and must still be stored.
-_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def encode_result(result: Any) -> str:
-    """Serialise ``result`` as stored, or raise ``InvalidResult`` / ``ResultTooLarge``."""
-    try:
-        encoded = json.dumps(result, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidResult(
-            f"result of type {type(result).__name__} cannot be stored: it is not JSON-serialisable ({exc})"
-        ) from exc
-    if "\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
-        raise InvalidResult("result cannot be stored: it contains a NUL character (\\u0000)")
-    try:
-        size = len(encoded.encode())
-    except UnicodeEncodeError as exc:
-        raise InvalidResult(
-            "result cannot be stored: it contains a lone surrogate "
-            f"({exc.object[exc.start : exc.end]!r}), which is not valid UTF-8 text"
-        ) from exc
-    limit = conf.ONCEONLY_MAX_RESULT_BYTES
-    if size > limit:
-        raise ResultTooLarge(size, limit)
-    return encoded
 
 
 class Lock:
@@ -201,13 +156,7 @@ class Lock:
             self._finished = True
             return
         status = UNKNOWN if outcome_unknown else FAILED
-        text = (
-            str(error)
-            if not isinstance(error, BaseException)
-            else f"{type(error).__name__}: {error}"
-        ).replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
-        if _LONE_SURROGATE.search(text):  # nor can any store hold a lone surrogate
-            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        text = encode_error(error)
         now = timezone.now()
         expires_at = None if outcome_unknown else self._expires_at(now)
         get_store().finish(
@@ -257,6 +206,26 @@ class Lock:
             transactional=self.transactional,
         )
         self.lease_expires_at = lease_expires_at
+
+    # -- async twins: the same operations from `async def` code ----------------------
+    # Each runs its store call in a worker thread (asgiref's sync_to_async, thread
+    # sensitive like Django's ORM), so the event loop never blocks on the store.
+
+    async def acomplete(self, result: Any = None) -> None:
+        """:meth:`complete` for ``async def`` code."""
+        await sync_to_async(self.complete)(result)
+
+    async def afail(self, error: object, *, outcome_unknown: bool = False) -> None:
+        """:meth:`fail` for ``async def`` code."""
+        await sync_to_async(self.fail)(error, outcome_unknown=outcome_unknown)
+
+    async def arelease(self) -> None:
+        """:meth:`release` for ``async def`` code."""
+        await sync_to_async(self.release)()
+
+    async def aextend(self, seconds: float | dt.timedelta) -> None:
+        """:meth:`extend` for ``async def`` code."""
+        await sync_to_async(self.extend)(seconds)
 
     # -- context manager -------------------------------------------------------------
 
@@ -340,16 +309,7 @@ def check_lock(
     )
     lease_seconds = to_seconds(lease if lease is not None else conf.ONCEONLY_LEASE, "lease")
     metadata_dict = dict(metadata or {})
-    try:
-        metadata_json = json.dumps(
-            metadata_dict, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        )
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata must be a JSON-serialisable dict: {exc}") from exc
-    if "\\u0000" in metadata_json and _ESCAPED_NUL.search(metadata_json):
-        raise ValueError("metadata cannot be stored: it contains a NUL character (\\u0000)")
-    if _LONE_SURROGATE.search(metadata_json):
-        raise ValueError("metadata cannot be stored: it contains a lone surrogate (not UTF-8)")
+    metadata_json = encode_metadata(metadata_dict)
     now = timezone.now()
     token = secrets.token_hex(16)
     request = ClaimRequest(
@@ -416,110 +376,19 @@ def check_lock(
     return lock
 
 
-def _duplicate_answer(lock: Lock, on_in_progress: str) -> Any:
-    if lock.record_status == COMPLETED:
-        return lock.result
-    if lock.record_status == IN_PROGRESS:
-        if on_in_progress == "skip":
-            return None
-        raise InProgress(lock.key, lock.retry_after, lock.scope)
-    raise IntentBlocked(lock.key, lock.record_status or UNKNOWN, lock.error, lock.scope)
+async def acheck_lock(key: str, **options: Any) -> Lock:
+    """:func:`check_lock` for ``async def`` code: the same arguments, the same :class:`Lock`.
 
-
-@overload
-def once(func: Callable[P, R], /) -> Callable[P, R]: ...
-
-
-@overload
-def once(
-    func: None = None,
-    /,
-    *,
-    key: KeySpec | None = None,
-    name: str | None = None,
-    scope: str = "",
-    ttl: float | dt.timedelta | None = None,
-    lease: float | dt.timedelta | None = None,
-    on_error: Literal["release", "fail"] = "release",
-    on_in_progress: Literal["raise", "skip"] = "raise",
-    transactional: bool = False,
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
-
-
-def once(
-    func: Callable[P, R] | None = None,
-    /,
-    *,
-    key: KeySpec | None = None,
-    name: str | None = None,
-    scope: str = "",
-    ttl: float | dt.timedelta | None = None,
-    lease: float | dt.timedelta | None = None,
-    on_error: Literal["release", "fail"] = "release",
-    on_in_progress: Literal["raise", "skip"] = "raise",
-    transactional: bool = False,
-) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
-    """Run the decorated function once per key and return its first result ever after.
-
-    ``key`` is a template formatted with the bound arguments (``"welcome_{user_id}"``),
-    or a callable taking the function's arguments; without it the key is ``name``
-    (default ``module.qualname``) plus a hash of the arguments. A call while another is
-    running raises ``InProgress`` (or returns ``None`` with ``on_in_progress="skip"``);
-    a call after a stored failure raises ``IntentBlocked``. Works on ``async def`` too.
+    The claim runs in a worker thread, so the event loop is free while the store answers.
+    Use the lock's async twins (``acomplete``, ``afail``, ``arelease``, ``aextend``) on it.
     """
-    check_choice("on_error", on_error, ON_ERROR_CHOICES)
-    check_choice("on_in_progress", on_in_progress, ONCE_ON_IN_PROGRESS_CHOICES)
-    # Checked at decoration, so that a bad span fails when the module is imported.
-    if ttl is not None:
-        to_seconds(ttl, "ttl")
-    if lease is not None:
-        to_seconds(lease, "lease")
-    options: dict[str, Any] = {
-        "scope": scope,
-        "ttl": ttl,
-        "lease": lease,
-        "on_error": on_error,
-        "transactional": transactional,
-    }
+    return await sync_to_async(check_lock)(key, **options)
 
-    def decorate(function: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(function):
-            coroutine_function: Callable[..., Awaitable[Any]] = function
 
-            @functools.wraps(function)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                lock_key = make_key(key, function, args, kwargs, name=name)
-                lock = await sync_to_async(check_lock)(lock_key, **options)
-                if lock.duplicate:
-                    return _duplicate_answer(lock, on_in_progress)
-                try:
-                    value = await coroutine_function(*args, **kwargs)
-                    await sync_to_async(lock.complete)(value)
-                except Exception as exc:
-                    await sync_to_async(lock.__exit__)(type(exc), exc, exc.__traceback__)
-                    raise
-                except BaseException as exc:
-                    # Cancelled or interrupted: nothing to write (see Lock.__exit__), and
-                    # no await, which a cancelled task should not start.
-                    lock.__exit__(type(exc), exc, exc.__traceback__)
-                    raise
-                return value
+def __getattr__(name: str) -> Any:
+    # `once` moved to `decorators` (which imports this module); still importable here.
+    if name == "once":
+        from .decorators import once
 
-            return async_wrapper  # type: ignore[return-value]
-
-        @functools.wraps(function)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            lock_key = make_key(key, function, args, kwargs, name=name)
-            with check_lock(lock_key, **options) as lock:
-                if lock.duplicate:
-                    answer: R = _duplicate_answer(lock, on_in_progress)
-                    return answer
-                value = function(*args, **kwargs)
-                lock.complete(value)
-                return value
-
-        return wrapper
-
-    if func is not None:
-        return decorate(func)
-    return decorate
+        return once
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,67 @@
+"""What can be stored: results, metadata and error texts as the stores hold them.
+
+Every store keeps these as UTF-8 JSON or text, and PostgreSQL refuses NUL in both. The
+rules live here, once, so that a value is refused with a clear error before anything
+is written, never half-way through a store's write.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .conf import conf
+from .exceptions import InvalidResult, ResultTooLarge
+
+# PostgreSQL's jsonb refuses NUL, which JSON writes as \u0000. That text is an escape only
+# after an even number of backslashes; the string "C:\\u0000" (a real backslash, then
+# "u0000") encodes as "C:\\\\u0000" and must still be stored.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encode_result(result: Any) -> str:
+    """Serialise ``result`` as stored, or raise ``InvalidResult`` / ``ResultTooLarge``."""
+    try:
+        encoded = json.dumps(result, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidResult(
+            f"result of type {type(result).__name__} cannot be stored: it is not JSON-serialisable ({exc})"
+        ) from exc
+    if "\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
+        raise InvalidResult("result cannot be stored: it contains a NUL character (\\u0000)")
+    try:
+        size = len(encoded.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidResult(
+            "result cannot be stored: it contains a lone surrogate "
+            f"({exc.object[exc.start : exc.end]!r}), which is not valid UTF-8 text"
+        ) from exc
+    limit = conf.ONCEONLY_MAX_RESULT_BYTES
+    if size > limit:
+        raise ResultTooLarge(size, limit)
+    return encoded
+
+
+def encode_metadata(metadata: dict[str, Any]) -> str:
+    """Serialise a record's ``metadata`` as stored, or raise ``ValueError``."""
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be a JSON-serialisable dict: {exc}") from exc
+    if "\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
+        raise ValueError("metadata cannot be stored: it contains a NUL character (\\u0000)")
+    if _LONE_SURROGATE.search(encoded):
+        raise ValueError("metadata cannot be stored: it contains a lone surrogate (not UTF-8)")
+    return encoded
+
+
+def encode_error(error: object) -> str:
+    """The text stored for a failure: NUL and lone surrogates escaped, never refused."""
+    text = (
+        str(error) if not isinstance(error, BaseException) else f"{type(error).__name__}: {error}"
+    ).replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
+    if _LONE_SURROGATE.search(text):  # nor can any store hold a lone surrogate
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
