@@ -264,6 +264,9 @@ class OnceTask(Task[..., Any]):
     - ``once_ambiguous``: exception types whose outcome is unknown; the record turns
       ``unknown`` and the task is not retried, even by ``autoretry_for``.
     - ``once_enqueue``: also deduplicate at ``apply_async``.
+    - ``once_resolve``: a function ``(record) -> Resolution`` that asks the provider
+      what became of an ``unknown`` intent (:mod:`django_onceonly.resolve`); run by
+      ``manage.py onceonly_resolve`` and the beat task ``tasks.resolve_unknown``.
 
     Inside the body, ``self.once`` is the :class:`~django_onceonly.Lock` this run holds.
     """
@@ -277,6 +280,7 @@ class OnceTask(Task[..., Any]):
     once_on_error: ClassVar[str] = "release"
     once_ambiguous: ClassVar[tuple[type[BaseException], ...]] = ()
     once_enqueue: ClassVar[bool] = False
+    once_resolve: ClassVar[Callable[..., Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Celery builds a subclass for each decorated function, so a bad option fails
@@ -303,6 +307,9 @@ class OnceTask(Task[..., Any]):
         key = _static_option(cls, "once_key")
         if key is not None and not isinstance(key, str) and not callable(key):
             raise TypeError(f"{cls.__name__}.once_key must be a str, a callable or None")
+        resolve = _static_option(cls, "once_resolve")
+        if resolve is not None and not callable(resolve):
+            raise TypeError(f"{cls.__name__}.once_resolve must be a callable or None")
         scope = _static_option(cls, "once_scope")
         if isinstance(scope, str):
             validate_scope(scope)

@@ -259,6 +259,7 @@ def test_self_once_outside_a_run_is_an_error() -> None:
         ({"once_lease": float("nan")}, ValueError),
         ({"once_lease": 1e12}, ValueError),
         ({"once_scope": "tenant\ud800"}, InvalidKey),
+        ({"once_resolve": "shop.resolvers.welcome"}, TypeError),
     ],
 )
 def test_bad_options_fail_when_the_task_is_declared(
