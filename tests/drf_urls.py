@@ -15,6 +15,7 @@ router.register("viewset/optional", drf_views.OptionalKeyViewSet, basename="opti
 urlpatterns = [
     path("drf/checkout/", drf_views.checkout),
     path("drf/slow-checkout/", drf_views.slow_checkout),
+    path("drf/short-lease-checkout/", drf_views.short_lease_checkout),
     path("drf/optional/", drf_views.optional_key),
     path("drf/anonymous/", drf_views.anonymous_checkout),
     path("drf/server-error/", drf_views.server_error),

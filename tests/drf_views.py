@@ -90,13 +90,9 @@ def checkout(request: Request) -> Response:
     return _checkout("checkout", request)
 
 
-@api_view(["POST"])
-@authentication_classes([BasicAuthentication])
-@permission_classes([IsAuthenticated])
-@idempotent(lease=2)
-def slow_checkout(request: Request) -> Response:
+def _gated_checkout(view: str, request: Request) -> Response:
     """Runs, then waits until the test opens the gate ``<ONCEONLY_DRF_GATES>/<key>``."""
-    response = _checkout("slow_checkout", request)
+    response = _checkout(view, request)
     gates = os.environ.get("ONCEONLY_DRF_GATES")
     if gates:
         gate = Path(gates) / request.headers["Idempotency-Key"]
@@ -104,6 +100,22 @@ def slow_checkout(request: Request) -> Response:
         while not gate.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
     return response
+
+
+@api_view(["POST"])
+@authentication_classes([BasicAuthentication])
+@permission_classes([IsAuthenticated])
+@idempotent
+def slow_checkout(request: Request) -> Response:
+    return _gated_checkout("slow_checkout", request)
+
+
+@api_view(["POST"])
+@authentication_classes([BasicAuthentication])
+@permission_classes([IsAuthenticated])
+@idempotent(lease=2)
+def short_lease_checkout(request: Request) -> Response:
+    return _gated_checkout("short_lease_checkout", request)
 
 
 @api_view(["POST"])
