@@ -41,7 +41,14 @@ from django.http.response import HttpResponseBase
 from django.template.response import SimpleTemplateResponse
 
 from .conf import conf
-from .exceptions import FingerprintMismatch, InvalidKey, LockLost, ResultTooLarge, StoreUnavailable
+from .exceptions import (
+    FingerprintMismatch,
+    InvalidKey,
+    InvalidResult,
+    LockLost,
+    ResultTooLarge,
+    StoreUnavailable,
+)
 from .keys import validate_key
 from .locks import Lock, check_lock
 from .rules import Status, optional_seconds, seconds
@@ -380,10 +387,20 @@ def finish(request: AnyRequest, lock: Lock, response: HttpResponseBase) -> None:
     http_response = cast(HttpResponse, response)
     limit = conf.ONCEONLY_MAX_RESULT_BYTES
     try:
-        if len(http_response.content) > limit:  # its JSON form is larger still
+        if len(http_response.content) > limit:  # its stored form is larger still
             raise ResultTooLarge(len(http_response.content), limit)
         lock.complete(stored_response(http_response))
     except ResultTooLarge as exc:
+        logger.warning(
+            "django-onceonly: the response for Idempotency-Key %r is not stored: it takes "
+            "at least %d bytes, over ONCEONLY_MAX_RESULT_BYTES=%d; the key is released and "
+            "a retry runs the view again",
+            lock.key,
+            exc.size,
+            exc.limit,
+        )
+        abandon(lock)
+    except InvalidResult as exc:
         logger.warning(
             "django-onceonly: the response for Idempotency-Key %r is not stored (%s); "
             "the key is released and a retry runs the view again",
@@ -392,6 +409,7 @@ def finish(request: AnyRequest, lock: Lock, response: HttpResponseBase) -> None:
         )
         abandon(lock)
     except (LockLost, StoreUnavailable) as exc:
+        # The view ran and its response goes out; the claim ends with its lease.
         logger.warning(
             "django-onceonly: could not store the response for Idempotency-Key %r: %s",
             lock.key,
