@@ -23,6 +23,8 @@ urlpatterns = [
     path("drf/big/", drf_views.big),
     path("drf/echo/", drf_views.echo_body),
     path("drf/guarded/", drf_views.guarded),
+    path("drf/upload/", drf_views.upload),
+    path("plain/receipt/", drf_views.receipt),
     path("drf/orders/", drf_views.OrderView.as_view()),
     path("plain/checkout/", drf_views.plain_checkout),
     path("plain/async-checkout/", drf_views.async_checkout),

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.template import engines
+from django.template.response import TemplateResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers, viewsets
 from rest_framework.authentication import BasicAuthentication
@@ -171,6 +173,17 @@ def echo_body(request: Request) -> Response:
     return Response({"length": len(request.body)}, status=201)
 
 
+@api_view(["POST"])
+@authentication_classes([BasicAuthentication])
+@permission_classes([IsAuthenticated])
+@idempotent
+def upload(request: Request) -> Response:
+    """A multipart upload: answers with each file's size."""
+    record_run("upload", request)
+    sizes = {name: request.data[name].size for name in request.FILES}
+    return Response({"note": request.data.get("note"), "sizes": sizes}, status=201)
+
+
 class DenyWithHeader(BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         return "X-Deny" not in request.headers
@@ -255,6 +268,14 @@ def plain_checkout(request: HttpRequest) -> HttpResponse:
 async def async_checkout(request: HttpRequest) -> HttpResponse:
     number = record_run("async_checkout", request)
     return JsonResponse({"order": number}, status=201)
+
+
+@csrf_exempt
+@idempotent
+def receipt(request: HttpRequest) -> TemplateResponse:
+    number = record_run("receipt", request)
+    template = engines["django"].from_string("<p>Receipt {{ number }}</p>")
+    return TemplateResponse(request, template, {"number": number}, status=201)
 
 
 @csrf_exempt

@@ -390,11 +390,18 @@ def test_a_validation_error_is_not_stored_so_the_fixed_request_runs(alice: User,
     assert runs_of("checkout") == [KEY]
 
 
-def test_a_non_json_body_sent_as_json_is_a_400_and_not_stored(alice: User, db: Any) -> None:
-    broken = send(
-        "/drf/checkout/", body="{not json", content_type="application/json; x=1", user=alice
+def test_a_body_that_is_not_the_json_it_claims_is_a_400_and_not_stored(
+    alice: User, db: Any
+) -> None:
+    broken = Client().post(
+        "/drf/checkout/",
+        data="{not json",
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY=KEY,
+        **auth(alice),
     )
-    assert broken.status_code in (400, 415)
+    assert broken.status_code == 400  # DRF's ParseError, raised in the view
+    assert "JSON parse error" in json.loads(broken.content)["detail"]
     assert send("/drf/checkout/", user=alice).status_code == 201
 
 
@@ -419,21 +426,40 @@ def test_non_json_bodies_are_fingerprinted_by_their_bytes(
 
 
 def test_multipart_uploads_are_fingerprinted_by_their_fields_and_files(
-    alice: User, db: Any
+    alice: User, db: Any, settings: Any
 ) -> None:
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    def upload(content: bytes) -> Any:
+    # Files are streamed, not read as one body: an upload far above
+    # DATA_UPLOAD_MAX_MEMORY_SIZE still works.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1000  # and larger files go to disk
+    big = b"%PDF-1 " + b"x" * 50_000
+
+    def post(content: bytes, note: str = "receipt") -> Any:
         return Client().post(
-            "/drf/echo/",
-            data={"note": "receipt", "file": SimpleUploadedFile("r.pdf", content)},
+            "/drf/upload/",
+            data={"note": note, "file": SimpleUploadedFile("r.pdf", content)},
             HTTP_IDEMPOTENCY_KEY=KEY,
             **auth(alice),
         )
 
-    assert upload(b"%PDF-1 one").status_code == 201
-    assert upload(b"%PDF-1 one")["Idempotent-Replayed"] == "true"
-    assert upload(b"%PDF-1 two").status_code == 422
+    first = post(big)
+    assert first.status_code == 201
+    assert json.loads(first.content) == {"note": "receipt", "sizes": {"file": len(big)}}
+    assert post(big)["Idempotent-Replayed"] == "true"
+    assert post(big[:-1] + b"y").status_code == 422  # same size, another last byte
+    assert post(big, note="other").status_code == 422
+    assert runs_of("upload") == [KEY]
+
+
+def test_a_template_response_is_rendered_then_stored(db: Any) -> None:
+    first = send("/plain/receipt/")
+    retry = send("/plain/receipt/")
+    assert first.content.startswith(b"<p>Receipt ")
+    assert retry.content == first.content
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry["Content-Type"] == "text/html; charset=utf-8"
 
 
 # -- rejected before the view ran: nothing claimed ----------------------------------------------
@@ -545,7 +571,9 @@ def test_the_mixin_covers_every_unsafe_method_of_a_viewset(backend: Backend, ali
     assert replayed.content == created.content
     assert send("/viewset/orders/", key=None, user=alice).status_code == 400
     assert send("/viewset/orders/3/", key=None, method="patch", user=alice).status_code == 400
-    assert Client().get("/viewset/orders/", **auth(alice)).status_code == 200
+    listing = Client().get("/viewset/orders/", HTTP_IDEMPOTENCY_KEY="listing", **auth(alice))
+    assert listing.status_code == 200
+    assert backend.record("listing", scope_of(alice)) is None  # GET claims nothing
     record = backend.record(KEY, scope_of(alice))
     assert record is not None
     assert record.expires_at is not None
