@@ -453,6 +453,17 @@ def test_multipart_uploads_are_fingerprinted_by_their_fields_and_files(
     assert runs_of("upload") == [KEY]
 
 
+def test_a_body_above_data_upload_max_memory_size_is_a_400_and_claims_nothing(
+    alice: User, backend: Backend, settings: Any
+) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    big = {**CART, "cart": "c" * 2000}
+    assert send("/drf/checkout/", body=big, user=alice).status_code == 400
+    assert send("/viewset/orders/", body=big, user=alice).status_code == 400
+    assert backend.record(KEY, scope_of(alice)) is None
+    assert runs_of() == []
+
+
 def test_a_template_response_is_rendered_then_stored(db: Any) -> None:
     first = send("/plain/receipt/")
     retry = send("/plain/receipt/")
