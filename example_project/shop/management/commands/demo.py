@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db.models import Sum
 from tqdm import tqdm
 
 from django_onceonly.models import IdempotencyRecord
@@ -64,37 +66,50 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: Any) -> None:
-        parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
-        parser.add_argument("--users", type=positive_int, default=30, help="customers per run")
         parser.add_argument(
-            "--double-clicks", type=share, default=0.2, help="share who double-click signup"
+            "--users",
+            type=positive_int,
+            default=30,
+            help="customers per run (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--double-clicks",
+            type=share,
+            default=0.2,
+            help="share who double-click signup (default: %(default)s)",
         )
         parser.add_argument(
             "--duplicates",
             type=share,
             default=0.2,
-            help="share whose messages are published twice (at-least-once delivery)",
+            help="share whose messages are published twice, as at-least-once delivery does "
+            "(default: %(default)s)",
         )
         parser.add_argument(
             "--transient",
             type=share,
             default=0.2,
-            help='share whose emails first get "451 try again later" from the SMTP server',
+            help='share whose emails first get "451 try again later" from the SMTP server '
+            "(default: %(default)s)",
         )
         parser.add_argument(
             "--timeouts",
             type=share,
             default=0.1,
-            help="share whose emails the server accepts, then answers after the sender's timeout",
+            help="share whose emails the server accepts, then answers after the sender's "
+            "timeout (default: %(default)s)",
         )
         parser.add_argument(
-            "--resets", type=share, default=0.5, help="share who also ask for a password reset"
+            "--resets",
+            type=share,
+            default=0.5,
+            help="share who also ask for a password reset (default: %(default)s)",
         )
         parser.add_argument(
             "--runs",
             type=run_names,
-            default=list(load.RUNS),
-            help="ways of sending to compare: "
+            default=",".join(load.RUNS),
+            help="ways of sending to compare, in this order (default: %(default)s): "
             + "; ".join(f"{r.name} = {r.title}" for r in load.RUNS.values()),
         )
         parser.add_argument(
@@ -109,13 +124,17 @@ class Command(BaseCommand):
             default=None,
             help="kombu's filesystem transport, or Redis (default: redis if REDIS_URL is set)",
         )
-        parser.add_argument("--seed", type=int, default=11, help="who gets which scenario")
+        parser.add_argument(
+            "--seed", type=int, default=11, help="who gets which scenario (default: %(default)s)"
+        )
         parser.add_argument(
             "--serve",
             action="store_true",
             help="serve the last run's admin (runserver on 127.0.0.1) instead of running",
         )
-        parser.add_argument("--port", type=int, default=8000, help="for --serve")
+        parser.add_argument(
+            "--port", type=int, default=8000, help="for --serve (default: %(default)s)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.reexec_for(options["store"], options["broker"])
@@ -225,7 +244,7 @@ class Command(BaseCommand):
             raise CommandError(f"{run.name}: {exc}\nworker log: {worker.log}") from exc
         finally:
             worker.stop()
-        records, unknown = self.records(run, customers)
+        records, unknown, blocked = self.records(run, customers)
         outcome = report.Outcome(
             run=run,
             customers=customers,
@@ -235,6 +254,7 @@ class Command(BaseCommand):
             tasks={"published": len(task_ids), "states": settled.states, "errors": settled.errors},
             records=records,
             unknown=unknown,
+            duplicates_blocked=blocked,
             seconds=time.monotonic() - started,
         )
         self.stdout.write(
@@ -245,10 +265,10 @@ class Command(BaseCommand):
 
     def records(
         self, run: load.Run, customers: list[load.Customer]
-    ) -> tuple[Counter[str], list[str]]:
+    ) -> tuple[Counter[str], list[str], int]:
         """Statuses of this run's intents, read from the table the admin shows."""
         if run.scope is None:
-            return Counter(), []
+            return Counter(), [], 0
         if settings.DEMO_STORE == "redis":
             from django_onceonly.stores.audit import sync_audit
 
@@ -257,7 +277,8 @@ class Command(BaseCommand):
         rows = IdempotencyRecord.objects.filter(scope=run.scope, key__in=keys)
         statuses = Counter(rows.values_list("status", flat=True))
         unknown = sorted(rows.filter(status="unknown").values_list("key", flat=True))
-        return statuses, unknown
+        blocked = rows.aggregate(total=Sum("duplicates_blocked"))["total"] or 0
+        return statuses, unknown, blocked
 
     # -- the report ------------------------------------------------------------------
 
@@ -266,7 +287,7 @@ class Command(BaseCommand):
     ) -> None:
         outbox: Path = settings.OUTBOX_DIR
         self.stdout.write("")
-        self.stdout.write(report.describe_faults(outcomes[0]) + ".")
+        self.stdout.write(textwrap.fill(report.describe_faults(outcomes[0]) + ".", width=92))
         self.stdout.write("Emails received per group of customers, counted by the SMTP server:")
         self.stdout.write("")
         for line in report.table(outcomes):
@@ -274,7 +295,7 @@ class Command(BaseCommand):
         self.stdout.write("")
         lines, broken = report.verdict(outcomes)
         for line in lines:
-            self.stdout.write(line)
+            self.stdout.write(textwrap.fill(line, width=92, subsequent_indent="  "))
         report.write_json(
             outbox / "report.json",
             outcomes,
