@@ -126,11 +126,13 @@ if DEMO_BROKER == "redis":
         "global_keyprefix": f"{REDIS_PREFIX}:celery:"
     }
 else:
-    # kombu's filesystem transport: each message is a file; no server to run.
+    # kombu's filesystem transport: each message is a file; no server to run. (Its
+    # writes made atomic: see demo_site/broker.py.)
     _broker = OUTBOX_DIR / "broker"
     for _folder in ("messages", "control", "processed"):
         (_broker / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT = "demo_site.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker / "messages"),
         "data_folder_out": str(_broker / "messages"),

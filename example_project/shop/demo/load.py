@@ -180,7 +180,12 @@ class Settled:
     errors: dict[str, int] = field(default_factory=dict)
 
 
-def wait(task_ids: list[str], tick: Callable[[int], None], timeout: float = 240) -> Settled:
+def wait(
+    task_ids: list[str],
+    tick: Callable[[int], None],
+    worker_alive: Callable[[], bool],
+    timeout: float = 240,
+) -> Settled:
     """Wait until every task has finished (succeeded or failed for good)."""
     pending = {task_id: AsyncResult(task_id) for task_id in task_ids}
     settled = Settled()
@@ -195,6 +200,8 @@ def wait(task_ids: list[str], tick: Callable[[int], None], timeout: float = 240)
                 settled.errors[name] = settled.errors.get(name, 0) + 1
         if done:
             tick(len(done))
+        elif not worker_alive():
+            raise RuntimeError(f"the worker stopped with {len(pending)} tasks unfinished")
         elif time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} tasks still unfinished after {timeout:.0f}s")
         else:

@@ -53,6 +53,9 @@ class Worker:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         while " ready." not in self.log_text():

@@ -183,7 +183,14 @@ class Command(BaseCommand):
     def reset_state(self) -> None:
         """A fresh database, broker folder, mailboxes and (under our prefix) Redis keys."""
         outbox: Path = settings.OUTBOX_DIR
-        for folder in ("mail", "results", "broker/messages", "broker/processed", "logs"):
+        for folder in (
+            "mail",
+            "results",
+            "logs",
+            "broker/messages",
+            "broker/messages.incoming",
+            "broker/processed",
+        ):
             shutil.rmtree(outbox / folder, ignore_errors=True)
             (outbox / folder).mkdir(parents=True, exist_ok=True)
         database = Path(settings.DATABASES["default"]["NAME"])
@@ -239,7 +246,7 @@ class Command(BaseCommand):
                 file=sys.stderr,
                 disable=None,
             ) as bar:
-                settled = load.wait(task_ids, bar.update)
+                settled = load.wait(task_ids, bar.update, worker.alive)
         except Exception as exc:
             raise CommandError(f"{run.name}: {exc}\nworker log: {worker.log}") from exc
         finally:
