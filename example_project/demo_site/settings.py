@@ -146,8 +146,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_RESULT_BACKEND = f"file://{(OUTBOX_DIR / 'results').as_posix()}"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
-# The plain and at-least-once versions of the shop's tasks that the demo compares.
+# The plain and at-least-once versions of the shop's tasks that the demo compares, each
+# on a queue of its own (the shop's own tasks use the default queue, "celery").
 CELERY_IMPORTS = ["shop.demo.variants"]
+CELERY_TASK_ROUTES = {
+    "demo.plain.*": {"queue": "demo-plain"},
+    "demo.at_least_once.*": {"queue": "demo-reclaim"},
+}
 
 # Which tasks the shop's views enqueue (a module or an object with send_welcome_email and
 # send_password_reset); the demo swaps in the plain ones to show what they do.

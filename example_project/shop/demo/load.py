@@ -50,6 +50,7 @@ class Run:
     tasks: str  # SHOP_EMAIL_TASKS
     after_lease: str  # ONCEONLY_AFTER_LEASE of its worker
     scope: str | None  # the scope of its records; None: it keeps none
+    queue: str  # its tasks' queue (CELERY_TASK_ROUTES), which its worker consumes
 
 
 RUNS = {
@@ -59,6 +60,7 @@ RUNS = {
         "shop.demo.variants.plain",
         "reclaim",
         None,
+        "demo-plain",
     ),
     "reclaim": Run(
         "reclaim",
@@ -66,6 +68,7 @@ RUNS = {
         "shop.demo.variants.at_least_once",
         "reclaim",
         "at-least-once",
+        "demo-reclaim",
     ),
     "hold": Run(
         "hold",
@@ -73,6 +76,7 @@ RUNS = {
         "shop.tasks",
         "hold",
         "",
+        "celery",
     ),
 }
 

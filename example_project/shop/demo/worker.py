@@ -14,9 +14,9 @@ from django.conf import settings
 
 
 class Worker:
-    """``celery -A demo_site worker`` in its own process group, logging to ``log``."""
+    """``celery -A demo_site worker`` on ``queue``, in its own process group, logging to ``log``."""
 
-    def __init__(self, name: str, log: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, queue: str, log: Path, env: dict[str, str]) -> None:
         self.name = name
         self.log = log
         command = [
@@ -34,6 +34,8 @@ class Worker:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
+            "--queues",
+            queue,
             "--hostname",
             f"demo-{name}-{os.getpid()}@127.0.0.1",
             "--loglevel",
@@ -67,12 +69,16 @@ class Worker:
                 )
             time.sleep(0.1)
 
-    def stop(self) -> None:
-        """Warm shutdown (running tasks finish), then the whole group is killed."""
+    def terminate(self) -> None:
+        """Ask for a warm shutdown (running tasks finish) and go on without waiting."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=20)
+
+    def stop(self) -> None:
+        """Warm shutdown, waited for, then the whole group is killed (orphans too)."""
+        self.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=20)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
