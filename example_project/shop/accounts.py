@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from django.conf import settings
@@ -14,8 +15,15 @@ from .models import PasswordResetToken
 
 
 def email_tasks() -> Any:
-    """The tasks that send the shop's emails (``SHOP_EMAIL_TASKS``, read per call)."""
-    return import_string(settings.SHOP_EMAIL_TASKS)
+    """The tasks that send the shop's emails (``SHOP_EMAIL_TASKS``, read per call).
+
+    A module (``"shop.tasks"``) or an object in one (``"shop.demo.variants.plain"``).
+    """
+    path = settings.SHOP_EMAIL_TASKS
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError:
+        return import_string(path)
 
 
 def sign_up(email: str) -> tuple[AbstractBaseUser, bool]:

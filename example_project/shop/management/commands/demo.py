@@ -349,6 +349,7 @@ class Command(BaseCommand):
             raise CommandError("nothing to show yet: run bin/demo first")
         self.stdout.write(
             f"The admin: http://127.0.0.1:{port}{CHANGELIST}  (login: {ADMIN_USER} / "
-            f"{ADMIN_PASSWORD}); the signup page: http://127.0.0.1:{port}/signup/"
+            f"{ADMIN_PASSWORD}); the signup page: http://127.0.0.1:{port}/signup/ (its emails "
+            "wait in the broker: no worker runs while serving)"
         )
         call_command("runserver", f"127.0.0.1:{port}", use_reloader=False)
