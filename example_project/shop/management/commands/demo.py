@@ -35,6 +35,14 @@ ADMIN_PASSWORD = "oncall-demo"
 CHANGELIST = "/admin/django_onceonly/idempotencyrecord/"
 
 
+def shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def share(value: str) -> float:
     number = float(value)
     if not 0 <= number <= 1:
@@ -155,7 +163,7 @@ class Command(BaseCommand):
         server.start()
         self.stdout.write(
             f"SMTP server on 127.0.0.1:{server.port}; broker: {settings.DEMO_BROKER}; "
-            f"records: {settings.ONCEONLY_STORE.rsplit('.', 1)[-1]}; files: {outbox}"
+            f"records: {settings.ONCEONLY_STORE.rsplit('.', 1)[-1]}; files: {shown(outbox)}"
         )
         runs = [load.RUNS[name] for name in options["runs"]]
         # One worker per run, each on its run's queue, all started at once: while one
@@ -332,7 +340,8 @@ class Command(BaseCommand):
         )
         self.stdout.write("")
         self.stdout.write(
-            f"Each customer's count: {outbox / 'report.json'}; the mail: {outbox / 'mail'}"
+            f"Each customer's count: {shown(outbox / 'report.json')}; "
+            f"the mail: {shown(outbox / 'mail')}/"
         )
         self.stdout.write(
             "See the intents, the duplicates blocked and the unknown ones in the admin:\n"
