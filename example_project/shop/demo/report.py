@@ -177,12 +177,14 @@ def verdict(outcomes: list[Outcome]) -> tuple[list[str], list[str]]:
             f"{plain.extra_in(DUPLICATE)}, timeouts retried {plain.extra_in(TIMEOUT)}; "
             f"{worst.email} got {welcome} welcome and {reset} password-reset emails."
         )
-    for outcome in guarded:
+    if guarded:
+        before = f" (the plain tasks: {plain.extra_in(DOUBLE_CLICK, DUPLICATE)})" if plain else ""
+        sent = ", ".join(f"{o.extra_in(DOUBLE_CLICK, DUPLICATE)} in {o.run.name}" for o in guarded)
+        blocked = ", ".join(f"{o.duplicates_blocked} in {o.run.name}" for o in guarded)
         lines.append(
-            f"Prevented by OnceTask ({outcome.run.name}): "
-            f"{outcome.extra_in(DOUBLE_CLICK, DUPLICATE)} extra emails from double clicks and "
-            f"messages published twice; the admin counts {outcome.duplicates_blocked} "
-            "duplicates blocked."
+            "Prevented by OnceTask: the extra emails of double clicks and messages published "
+            f"twice{before}. OnceTask sent {sent}. Duplicates blocked, as the admin counts "
+            f"them: {blocked} (one that waited for the first send counts twice)."
         )
     transient = [o for o in outcomes if o.faults[SMTP_TRANSIENT]]
     if transient and not any(o.extra_in(TRANSIENT) or o.missing for o in transient):
