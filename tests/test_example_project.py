@@ -27,7 +27,8 @@ WELCOME = "Welcome to the shop"
 RESET = "Reset your password"
 
 
-def run_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
+def demo_env(tmp_path: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The demo's own settings, on files under ``tmp_path``."""
     environ = {
         **os.environ,
         "DEMO_DATABASE": str(tmp_path / "demo.sqlite3"),
@@ -40,9 +41,13 @@ def run_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> s
         environ.pop(name, None)  # the demo's own settings, not the tests'
     if not env or "REDIS_URL" not in env:
         environ.pop("REDIS_URL", None)
+    return environ
+
+
+def run_demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         [sys.executable, str(MANAGE), "demo", *args],
-        env=environ,
+        env=demo_env(tmp_path, env),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -123,6 +128,14 @@ def check_story(report: dict[str, Any]) -> None:
     assert len(hold["unknown"]) == hold["faults_injected"]["late"]
     assert hold["records"]["unknown"] == len(hold["unknown"])
     assert plain["records"] == {}
+
+
+def test_demo_help_lists_the_knobs(tmp_path: Path) -> None:
+    stdout = run_demo(tmp_path, "--help")
+    for knob in ("--users", "--double-clicks", "--duplicates", "--transient", "--timeouts"):
+        assert knob in stdout
+    for knob in ("--store {database,redis}", "--broker {filesystem,redis}", "--serve"):
+        assert knob in stdout
 
 
 @pytest.mark.slow

@@ -166,11 +166,13 @@ class Command(BaseCommand):
             f"records: {settings.ONCEONLY_STORE.rsplit('.', 1)[-1]}; files: {shown(outbox)}"
         )
         runs = [load.RUNS[name] for name in options["runs"]]
-        # One worker per run, each on its run's queue, all started at once: while one
-        # run sends, the next run's worker is already up.
-        workers = {run.name: self.worker(run, server.port) for run in runs}
+        workers: dict[str, Worker] = {}
         outcomes = []
         try:
+            # One worker per run, each on its run's queue, all started at once: while one
+            # run sends, the next run's worker is already up.
+            for run in runs:
+                workers[run.name] = self.worker(run, server.port)
             for run in runs:
                 outcomes.append(self.run_once(run, plan, server, workers[run.name]))
             self.print_report(outcomes, options, time.monotonic() - started)
