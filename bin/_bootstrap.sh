@@ -2,7 +2,7 @@
 #
 # ONCEONLY_VENV picks the virtualenv (default: .venv in the checkout); PYTHON the
 # interpreter that creates it (default: python3, 3.11 or newer). The install is redone
-# whenever pyproject.toml changes.
+# whenever pyproject.toml or example_project/requirements.txt changes.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ONCEONLY_VENV:-$ROOT/.venv}"
@@ -28,8 +28,8 @@ ensure_build_deps() {
 }
 
 _pyproject_hash() {
-    "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' \
-        "$ROOT/pyproject.toml"
+    "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(b"".join(open(p, "rb").read() for p in sys.argv[1:])).hexdigest())' \
+        "$ROOT/pyproject.toml" "$ROOT/example_project/requirements.txt"
 }
 
 _install() (
@@ -38,14 +38,16 @@ _install() (
     # dependency groups (--group) need pip 25.1 or newer
     "${pip[@]}" --upgrade pip
     cd "$ROOT"
+    # The example project's demo (aiosmtpd, tqdm) runs in both: its test is in the suite.
     if [ "$1" = dev ]; then
-        "${pip[@]}" -e ".[celery,redis,drf]" --group dev
+        "${pip[@]}" -e ".[celery,redis,drf]" --group dev -r example_project/requirements.txt
     else
-        "${pip[@]}" -e .
+        "${pip[@]}" -e ".[celery,redis,drf]" -r example_project/requirements.txt
     fi
 )
 
-# ensure_venv demo: the package alone; ensure_venv dev: all extras and the dev group.
+# ensure_venv demo: the package with its extras and the example project's requirements;
+# ensure_venv dev: the same and the dev group.
 ensure_venv() {
     local what="$1" want
     if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

@@ -1,16 +1,23 @@
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.db import models
 
 
-class Profile(models.Model):
-    """What many projects have: a flag that says the welcome email went out."""
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
 
-    user = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile"
+
+class PasswordResetToken(models.Model):
+    """One "forgot my password" request: each gets its own email (``pw_reset_{id}``)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reset_tokens"
     )
-    welcome_email_sent = models.BooleanField(default=False)
+    token = models.CharField(max_length=64, unique=True, default=new_token)
+    created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
-        return f"profile of {self.user}"
+        return f"password reset {self.pk} of {self.user}"
