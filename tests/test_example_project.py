@@ -190,3 +190,89 @@ def test_demo_with_redis_url_uses_redis_as_broker_and_store(tmp_path: Path) -> N
         for key in conn.scan_iter(match=f"{prefix}:*", count=1000):
             conn.unlink(key)
         conn.close()
+
+
+def test_shop_checkout_places_one_order_per_idempotency_key_over_http(tmp_path: Path) -> None:
+    # The example shop served by runserver: a retried checkout (same Idempotency-Key)
+    # gets the first answer back and places no second order; another cart with the
+    # same key is 422; a new key is a new order.
+    import base64
+    import http.client
+    import socket
+    import time
+
+    env = demo_env(tmp_path)
+    manage = [sys.executable, str(MANAGE)]
+    subprocess.run([*manage, "migrate", "-v", "0"], env=env, cwd=ROOT, check=True, timeout=120)
+    subprocess.run(
+        [
+            *manage,
+            "shell",
+            "-c",
+            "from django.contrib.auth.models import User; "
+            "User.objects.create_user('ann', password='pw-ann')",
+        ],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        timeout=60,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [*manage, "runserver", f"127.0.0.1:{port}", "--noreload", "--skip-checks"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    auth = "Basic " + base64.b64encode(b"ann:pw-ann").decode()
+
+    def post(key: str, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request(
+            "POST",
+            "/api/checkout/",
+            body=json.dumps(body),
+            headers={
+                "Authorization": auth,
+                "Content-Type": "application/json",
+                "Idempotency-Key": f'"{key}"',
+            },
+        )
+        answer = conn.getresponse()
+        data = json.loads(answer.read() or b"{}")
+        headers = {name.lower(): value for name, value in answer.getheaders()}
+        conn.close()
+        return answer.status, headers, data
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "runserver did not start"
+                time.sleep(0.2)
+        first = post("order-7f3a", {"cart": "cart-1", "amount": "19.90"})
+        retry = post("order-7f3a", {"cart": "cart-1", "amount": "19.90"})
+        other_cart = post("order-7f3a", {"cart": "cart-2", "amount": "5.00"})
+        new_key = post("order-8b21", {"cart": "cart-2", "amount": "5.00"})
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert first[0] == 201
+    assert retry[0] == 201
+    assert retry[1]["idempotent-replayed"] == "true"
+    assert retry[2] == first[2]
+    assert retry[1]["location"] == first[1]["location"]
+    assert other_cart[0] == 422
+    assert other_cart[1]["content-type"] == "application/problem+json"
+    assert new_key[0] == 201
+    assert new_key[2]["order_id"] != first[2]["order_id"]
+    with sqlite3.connect(tmp_path / "demo.sqlite3") as db:
+        orders = db.execute("SELECT cart, amount FROM shop_order ORDER BY id").fetchall()
+    assert [cart for cart, _ in orders] == ["cart-1", "cart-2"]

@@ -10,5 +10,6 @@ urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("signup/done/", views.signup_done, name="signup-done"),
     path("api/signup/", views.SignupAPIView.as_view(), name="api-signup"),
+    path("api/checkout/", views.checkout, name="api-checkout"),
     path("admin/", admin.site.urls),
 ]

@@ -21,3 +21,17 @@ class PasswordResetToken(models.Model):
 
     def __str__(self) -> str:
         return f"password reset {self.pk} of {self.user}"
+
+
+class Order(models.Model):
+    """A checkout: one per `Idempotency-Key`, however often the client retries it."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="orders"
+    )
+    cart = models.CharField(max_length=50)
+    amount = models.DecimalField(max_digits=8, decimal_places=2)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"order {self.pk} of {self.user}"

@@ -8,13 +8,18 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 from rest_framework import serializers, status
-from rest_framework.permissions import AllowAny
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from django_onceonly.drf import idempotent
+
 from .accounts import sign_up
 from .forms import SignupForm
+from .models import Order
 
 
 @require_http_methods(["GET", "POST"])
@@ -48,3 +53,28 @@ class SignupAPIView(APIView):
             {"user_id": user.pk, "email": user.email},
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
+
+
+class CheckoutSerializer(serializers.Serializer[Any]):
+    cart = serializers.CharField(max_length=50)
+    amount = serializers.DecimalField(max_digits=8, decimal_places=2, min_value=0)
+
+
+@api_view(["POST"])
+@authentication_classes([BasicAuthentication, SessionAuthentication])
+@permission_classes([IsAuthenticated])
+@idempotent  # below @api_view: it runs after authentication and permissions
+def checkout(request: Request) -> Response:
+    """``POST {"cart", "amount"}`` with an ``Idempotency-Key``: one order per key.
+
+    A retry with the same key gets the first answer back (``Idempotent-Replayed:
+    true``) and places no second order; the same key with another cart is 422.
+    """
+    serializer = CheckoutSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    order = Order.objects.create(user=request.user, **serializer.validated_data)
+    return Response(
+        {"order_id": order.pk, "cart": order.cart, "amount": str(order.amount)},
+        status=status.HTTP_201_CREATED,
+        headers={"Location": f"/api/orders/{order.pk}"},
+    )
