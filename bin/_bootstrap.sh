@@ -39,7 +39,7 @@ _install() (
     "${pip[@]}" --upgrade pip
     cd "$ROOT"
     if [ "$1" = dev ]; then
-        "${pip[@]}" -e ".[celery,redis,drf]" --group dev
+        "${pip[@]}" -e ".[celery,redis,drf,client,openapi]" --group dev
     else
         "${pip[@]}" -e .
     fi
