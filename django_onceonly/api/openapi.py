@@ -34,9 +34,16 @@ def describe(endpoint: str) -> Callable[[F], F]:
     """Decorate a view method with its request and responses in the schema."""
     if not spectacular_installed():
         return lambda method: method
+    from drf_spectacular.openapi import AutoSchema
     from drf_spectacular.utils import extend_schema
 
     from .spectacular import ENDPOINTS
 
-    decorator: Callable[[F], F] = extend_schema(**ENDPOINTS[endpoint]())
-    return decorator
+    def decorate(method: F) -> F:
+        # extend_schema builds on the method's own schema class, else on the project's
+        # DEFAULT_SCHEMA_CLASS, which need not be drf-spectacular's: name it.
+        setattr(method, "schema", AutoSchema)  # noqa: B010
+        decorated: F = extend_schema(**ENDPOINTS[endpoint]())(method)
+        return decorated
+
+    return decorate

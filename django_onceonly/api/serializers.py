@@ -192,11 +192,10 @@ class FailRequest(OwnerRequest):
 
 # -- responses (described in the schema) -------------------------------------------------
 
-_RECORD_STATUSES = [status.value for status in Status]
 
 
 class LockedResponse(serializers.Serializer[Any]):
-    status = serializers.ChoiceField(choices=["locked"])
+    status = serializers.CharField(help_text="`locked`: go ahead, and keep the token.")
     key = serializers.CharField()
     token = serializers.CharField(help_text="The only capability for complete/release/fail.")
     lease_expires_at = serializers.DateTimeField()
@@ -208,9 +207,9 @@ class LockedResponse(serializers.Serializer[Any]):
 
 
 class DuplicateResponse(serializers.Serializer[Any]):
-    status = serializers.ChoiceField(choices=["duplicate"])
+    status = serializers.CharField(help_text="`duplicate`: skip the work.")
     key = serializers.CharField()
-    record_status = serializers.ChoiceField(choices=_RECORD_STATUSES)
+    record_status = serializers.ChoiceField(choices=Status.choices)
     result = serializers.JSONField(allow_null=True)
     error = serializers.CharField(allow_blank=True)
     created_at = serializers.DateTimeField()
@@ -227,19 +226,19 @@ class DuplicateResponse(serializers.Serializer[Any]):
 
 class FinishedResponse(serializers.Serializer[Any]):
     key = serializers.CharField()
-    status = serializers.ChoiceField(choices=[s for s in _RECORD_STATUSES if s != "in_progress"])
+    status = serializers.CharField(help_text="`completed`, `failed` or `unknown`.")
     completed_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
 
 
 class ReleasedResponse(serializers.Serializer[Any]):
     key = serializers.CharField()
-    status = serializers.ChoiceField(choices=["released"])
+    status = serializers.CharField(help_text="`released`.")
 
 
 class RecordResponse(serializers.Serializer[Any]):
     key = serializers.CharField()
-    status = serializers.ChoiceField(choices=_RECORD_STATUSES)
+    status = serializers.ChoiceField(choices=Status.choices)
     result = serializers.JSONField(allow_null=True)
     error = serializers.CharField(allow_blank=True)
     fingerprint = serializers.CharField(allow_blank=True)

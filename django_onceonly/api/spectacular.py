@@ -54,7 +54,7 @@ def _owner(ok: Any, description: str) -> dict[int, Any]:
 def _check_lock() -> dict[str, Any]:
     answer = PolymorphicProxySerializer(
         component_name="CheckLockResponse",
-        serializers=[s.LockedResponse, s.DuplicateResponse],
+        serializers={"locked": s.LockedResponse, "duplicate": s.DuplicateResponse},
         resource_type_field_name="status",
     )
     return {
@@ -128,6 +128,6 @@ class SchemaView(SpectacularAPIView):
         "TITLE": "django-onceonly service API",
         "DESCRIPTION": "Claim a key once, store the first result, answer every retry with it.",
         "VERSION": "1",
-        "SERVE_INCLUDE_SCHEMA": False,
+        "ENUM_NAME_OVERRIDES": {"RecordStatusEnum": "django_onceonly.rules.Status"},
         "PREPROCESSING_HOOKS": ["django_onceonly.api.spectacular.only_this_api"],
     }
