@@ -193,7 +193,6 @@ class FailRequest(OwnerRequest):
 # -- responses (described in the schema) -------------------------------------------------
 
 
-
 class LockedResponse(serializers.Serializer[Any]):
     status = serializers.CharField(help_text="`locked`: go ahead, and keep the token.")
     key = serializers.CharField()
