@@ -9,6 +9,7 @@ package's exceptions become status codes in :meth:`ServiceView.handle_exception`
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from typing import Any
 
@@ -38,6 +39,8 @@ from . import serializers
 from .claims import NotFound, issue_token, live_record, lost_or_absent, owned_lock
 from .openapi import auto_schema, describe
 from .scope import api_scope
+
+logger = logging.getLogger("django_onceonly")
 
 
 class StrictJSONParser(JSONParser):
@@ -75,7 +78,11 @@ class ServiceView(APIView):
         if isinstance(exc, LockLost):
             return _error(str(exc), "lock_lost", status.HTTP_409_CONFLICT)
         if isinstance(exc, FingerprintMismatch):
-            return _error(str(exc), "fingerprint_mismatch", status.HTTP_422_UNPROCESSABLE_ENTITY)
+            detail = (
+                f"key {exc.key!r} was first used with a different fingerprint; "
+                "the same key must always carry the same payload"
+            )
+            return _error(detail, "fingerprint_mismatch", status.HTTP_422_UNPROCESSABLE_ENTITY)
         if isinstance(exc, ResultTooLarge):
             return _error(
                 str(exc),
@@ -89,8 +96,10 @@ class ServiceView(APIView):
         if isinstance(exc, InvalidKey):
             return Response({"key": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
         if isinstance(exc, StoreUnavailable):
+            # The cause (hosts, ports, driver messages) is for the server's log only.
+            logger.warning("django-onceonly API: %s", exc)
             response = _error(
-                f"The store is unavailable: {exc}",
+                "The store is unavailable; nothing was written. Retry later.",
                 "store_unavailable",
                 status.HTTP_503_SERVICE_UNAVAILABLE,
             )
