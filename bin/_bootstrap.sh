@@ -40,7 +40,7 @@ _install() (
     cd "$ROOT"
     # The example project's demo (aiosmtpd, tqdm) runs in both: its test is in the suite.
     if [ "$1" = dev ]; then
-        "${pip[@]}" -e ".[celery,redis,drf]" --group dev -r example_project/requirements.txt
+        "${pip[@]}" -e ".[celery,redis,drf,client,openapi]" --group dev -r example_project/requirements.txt
     else
         "${pip[@]}" -e ".[celery,redis,drf]" -r example_project/requirements.txt
     fi

@@ -11,3 +11,4 @@ class OnceOnlyConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .api import checks as api_checks  # noqa: F401  (the service API's own)
