@@ -104,7 +104,7 @@ class ResultTooLarge(OnceOnlyError, ValueError):
 class DamagedRecord(OnceOnlyError):
     """The store holds a record for the key that it cannot read (edited by hand, say).
 
-    Nothing was written, and the key is never taken for absent: the work does not run.
+    The key is never taken for absent and the work does not run.
     ``detail`` says what is wrong. An operator inspects the record, then deletes it with
     ``manage.py onceonly_release`` (after which the intent may run again).
     """
@@ -116,8 +116,8 @@ class DamagedRecord(OnceOnlyError):
         where = f" in scope {scope!r}" if scope else ""
         option = f" --scope {shlex.quote(scope)}" if scope else ""
         self.message = (
-            f"the stored record of key {key!r}{where} is damaged ({detail}); nothing was "
-            "written and the work does not run. Inspect the record, then delete it with "
+            f"the stored record of key {key!r}{where} is damaged ({detail}); it is left as it "
+            "is and the work does not run. Inspect the record, then delete it with "
             f"`manage.py onceonly_release {shlex.quote(key)}{option}` to let the intent "
             "run again"
         )

@@ -30,7 +30,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
@@ -42,6 +42,9 @@ from ..conf import conf
 from ..exceptions import StoreUnavailable
 from . import get_store
 from .redis import FIELDS, SHARDS, RedisStore, Script, record_from_values
+
+if TYPE_CHECKING:
+    from ..models import IdempotencyRecord
 
 logger = logging.getLogger("django_onceonly")
 
@@ -203,6 +206,14 @@ def _write(
 
     With ``lock``, the transaction commits only if the lock is still this sync's.
     """
+    rows, gone = _read(store, marks, report)
+    _copy(rows, gone, alias, report, lock)
+
+
+def _read(
+    store: RedisStore, marks: list[_Mark], report: SyncReport
+) -> tuple[list[IdempotencyRecord], list[tuple[str, str]]]:
+    """The rows to upsert and the ``(scope, key)`` of rows to delete, as Redis has them now."""
     from ..models import IdempotencyRecord
 
     names = [json.loads(mark.member) for mark in marks]
@@ -242,6 +253,19 @@ def _write(
             gone.append((scope, key))
         # Otherwise Redis expired it (past expires_at and the grace): the table keeps its
         # last copy, which onceonly_purge removes like any expired row.
+    return rows, gone
+
+
+def _copy(
+    rows: list[IdempotencyRecord],
+    gone: list[tuple[str, str]],
+    alias: str,
+    report: SyncReport,
+    lock: _SyncLock | None,
+) -> None:
+    """Upsert ``rows`` and delete ``gone`` in one transaction (fenced by ``lock``)."""
+    from ..models import IdempotencyRecord
+
     # MySQL and MariaDB upsert on any unique key and take no conflict target.
     target = connections[alias].features.supports_update_conflicts_with_target
     with transaction.atomic(using=alias):

@@ -291,18 +291,10 @@ class DatabaseStore(BaseStore):
     def _json(conn: BaseDatabaseWrapper, text: str | None) -> str | None:
         return jsonb_text(text) if text is not None and conn.vendor == "postgresql" else text
 
-    # -- the primitives --------------------------------------------------------------
-
-    def _claim(self, request: ClaimRequest) -> ClaimResult:
-        conn, autocommit = self._connection(request.transactional)
-        return self._run(autocommit, lambda: self._claim_on(conn, request, autocommit))
-
-    def _claim_on(
-        self, conn: BaseDatabaseWrapper, request: ClaimRequest, autocommit: bool = False
-    ) -> ClaimResult:
-        sql = self.statements(conn)
+    def claim_values(self, conn: BaseDatabaseWrapper, request: ClaimRequest) -> Params:
+        """The named parameters of the claim statements (``statements(conn).claim``...)."""
         adapt = conn.ops.adapt_datetimefield_value
-        values: Params = {
+        return {
             "scope": request.scope,
             "key": request.key,
             "token": request.token,
@@ -313,6 +305,18 @@ class DatabaseStore(BaseStore):
             "now": adapt(request.now),
             "lease_expires_at": adapt(request.lease_expires_at),
         }
+
+    # -- the primitives --------------------------------------------------------------
+
+    def _claim(self, request: ClaimRequest) -> ClaimResult:
+        conn, autocommit = self._connection(request.transactional)
+        return self._run(autocommit, lambda: self._claim_on(conn, request, autocommit))
+
+    def _claim_on(
+        self, conn: BaseDatabaseWrapper, request: ClaimRequest, autocommit: bool = False
+    ) -> ClaimResult:
+        sql = self.statements(conn)
+        values = self.claim_values(conn, request)
         if request.resume_token:
             resumed = self._resume(conn, request, values)
             if resumed is not None:

@@ -572,8 +572,18 @@ class RedisStore(BaseStore):
 
     def _run(self, script: Script, scope: str, key: str, args: Sequence[str | int]) -> Any:
         keys = self.keys(scope, key)
+        return self._call(script, scope, key, self._script_keys(keys), [keys.member, *args])
+
+    def _call(
+        self,
+        script: Script,
+        scope: str,
+        key: str,
+        script_keys: Sequence[str],
+        args: Sequence[str | int],
+    ) -> Any:
         try:
-            return script(self.connection, self._script_keys(keys), [keys.member, *args])
+            return script(self.connection, script_keys, args)
         except UNAVAILABLE_ERRORS as exc:
             raise _unavailable(self.alias, exc) from exc
         except ResponseError as exc:
@@ -583,7 +593,7 @@ class RedisStore(BaseStore):
             if text.startswith(DAMAGED_REPLY):
                 # Redis may append where in the script the error was raised.
                 detail = text[len(DAMAGED_REPLY) :].split(" script:", 1)[0]
-                raise self._damaged(scope, key, keys, detail) from exc
+                raise self._damaged(scope, key, self.keys(scope, key), detail) from exc
             raise
 
     def _damaged(self, scope: str, key: str, keys: RecordKeys, detail: str) -> DamagedRecord:
@@ -598,27 +608,30 @@ class RedisStore(BaseStore):
 
     # -- the primitives --------------------------------------------------------------
 
-    def _claim(self, request: ClaimRequest) -> ClaimResult:
+    def claim_call(self, request: ClaimRequest) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of the claim script (``CLAIM``) for ``request``."""
+        keys = self.keys(request.scope, request.key)
         aware = request.now.tzinfo is not None
-        reply = self._run(
-            CLAIM,
+        args: list[str | int] = [
+            keys.member,
+            to_micros(request.now),
+            request.token,
+            to_micros(request.lease_expires_at),
+            request.after_lease,
+            request.fingerprint,
+            request.metadata_json,
+            request.task_name,
+            request.task_id,
             request.scope,
             request.key,
-            [
-                to_micros(request.now),
-                request.token,
-                to_micros(request.lease_expires_at),
-                request.after_lease,
-                request.fingerprint,
-                request.metadata_json,
-                request.task_name,
-                request.task_id,
-                request.scope,
-                request.key,
-                "+0000" if aware else "",
-                request.resume_token,
-            ],
-        )
+            "+0000" if aware else "",
+            request.resume_token,
+        ]
+        return self._script_keys(keys), args
+
+    def _claim(self, request: ClaimRequest) -> ClaimResult:
+        script_keys, args = self.claim_call(request)
+        reply = self._call(CLAIM, request.scope, request.key, script_keys, args)
         outcome = _text(reply[0])
         if outcome == "acquired":
             record = Record(
