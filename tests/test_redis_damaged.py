@@ -39,19 +39,23 @@ DAMAGE: dict[str, Callable[[Redis, str], Any]] = {
     "lease-end-not-a-number": lambda r, name: r.hset(name, "lease_expires_at", "soon"),
     "expiry-in-exponent-notation": lambda r, name: r.hset(name, "expires_at", "1e30"),
     "counter-not-a-number": lambda r, name: r.hset(name, "duplicates_blocked", "many"),
+    "creation-time-not-a-number": lambda r, name: r.hset(name, "created_at", "yesterday"),
     "result-not-json": lambda r, name: r.hset(name, "result", '{"charge_id": '),
     "metadata-not-json": lambda r, name: r.hset(name, "metadata", "user=7"),
     "metadata-not-an-object": lambda r, name: r.hset(name, "metadata", "[1, 2]"),
     "text-not-utf8": lambda r, name: r.hset(name, "task_name", b"\xff\xfe"),
 }
-# Damage that the scripts themselves trip over (not only Python reading the reply): the
-# owner's own writes are refused too.
+# Damage that the scripts themselves trip over, before they write (not only Python
+# reading the reply): the owner's own writes are refused too.
 STRUCTURAL = {
     "a-string-under-the-key",
     "a-list-under-the-key",
     "no-status-field",
     "status-that-is-no-status",
     "no-owner-token",
+    "lease-end-not-a-number",
+    "expiry-in-exponent-notation",
+    "counter-not-a-number",
 }
 
 

@@ -60,7 +60,6 @@ from ..rules import Status
 from .base import (
     RECORD_FIELDS,
     STATUSES,
-    TIME_FIELDS,
     BaseStore,
     ClaimRequest,
     ClaimResult,
@@ -70,8 +69,6 @@ from .base import (
 SHARDS = 256
 # The hash fields of a record. Scripts and readers go by these names, never by position.
 FIELDS = RECORD_FIELDS
-# Fields holding integers: microsecond timestamps and the duplicate counter.
-INTEGER_FIELDS = frozenset(TIME_FIELDS | {"duplicates_blocked"})
 # Redis answers these when it is up but cannot take the write; nothing was written.
 # (redis-py turns OOM, READONLY, TRYAGAIN and LOADING into exception classes of their own.)
 UNAVAILABLE_ERRORS = (
@@ -176,9 +173,9 @@ def record_from_values(
 # KEYS[1] is the record; KEYS[2] and KEYS[3] (the shard's dirty hash and its counter)
 # are passed only when the audit trail is on. ARGV[1] is always the record's member name
 # in the dirty hash (JSON [scope, key]). Numbers stay strings: Lua's tostring() would
-# print microsecond timestamps in exponent notation. Scripts read a record with load(),
-# which names its fields and stops the script, before any write, when the record is
-# damaged: a Lua error whose text starts with DAMAGED_REPLY.
+# print microsecond timestamps in exponent notation. Scripts read a record with load()
+# and index it by name (F is generated from FIELDS); load() stops the script, before any
+# write, when the record is damaged: a Lua error whose text starts with DAMAGED_REPLY.
 
 
 def _lua_list(names: Sequence[str]) -> str:
@@ -189,12 +186,19 @@ def _lua_set(names: Sequence[str]) -> str:
     return "{" + ", ".join(f"{name} = true" for name in names) + "}"
 
 
+def _lua_index(names: Sequence[str]) -> str:
+    return "{" + ", ".join(f"{name} = {n}" for n, name in enumerate(names, 1)) + "}"
+
+
 _COMMON = (
     """
 local rec = KEYS[1]
+-- The record's hash fields, and the position of each in a load(): v[F.status] and so on.
 local FIELDS = @FIELDS@
-local INTEGERS = @INTEGERS@
+local F = @INDEX@
 local STATUSES = @STATUSES@
+-- Fields the scripts compare or increment as numbers before they write.
+local NUMBERS = {F.expires_at, F.lease_expires_at, F.duplicates_blocked}
 local function mark(kind)
   if #KEYS >= 3 then
     local seq = redis.call('INCR', KEYS[3])
@@ -204,37 +208,38 @@ end
 local function damaged(detail)
   error({err = '@DAMAGED@' .. detail})
 end
--- The record as a table by field name (status, owner_token and the fields in `names`;
--- a missing field is false), or nil when there is none. Stops the script when the key
--- holds something else than a record.
-local function load(names)
-  local kind = redis.call('TYPE', rec)['ok']
-  if kind == 'none' then return nil end
-  if kind ~= 'hash' then damaged('the key holds a Redis ' .. kind .. ', not a hash') end
-  local values = redis.call('HMGET', rec, 'status', 'owner_token', unpack(names))
-  local r = {status = values[1], owner_token = values[2]}
-  for i, name in ipairs(names) do r[name] = values[i + 2] end
-  if not r.status then damaged('no status field') end
-  if not STATUSES[r.status] then damaged('status is not a status') end
-  if not r.owner_token or r.owner_token == '' then damaged('no owner_token field') end
-  for _, name in ipairs(names) do
-    if INTEGERS[name] and r[name] and not string.match(r[name], '^%-?%d+$') then
-      damaged(name .. ' is not an integer')
+-- The record's fields in FIELDS order (false for a missing one), or nil when there is
+-- none. Stops the script, before anything is written, when the key holds something the
+-- scripts cannot work on; Python checks the rest when it reads the reply. The common
+-- cases cost one HMGET.
+local function load()
+  local v = redis.pcall('HMGET', rec, unpack(FIELDS))
+  if v.err then
+    damaged('the key holds a Redis ' .. redis.call('TYPE', rec)['ok'] .. ', not a hash')
+  end
+  local status = v[F.status]
+  if not status then
+    if redis.call('EXISTS', rec) == 0 then return nil end
+    damaged('no status field')
+  end
+  if not STATUSES[status] then damaged('status is not a status') end
+  if not v[F.owner_token] or v[F.owner_token] == '' then damaged('no owner_token field') end
+  for _, i in ipairs(NUMBERS) do
+    if v[i] and not string.match(v[i], '^%-?%d+$') then
+      damaged(FIELDS[i] .. ' is not an integer')
     end
   end
-  return r
+  return v
 end
 -- {outcome, JSON array of the fields in FIELDS order (false for a missing one, the
 -- result left out), result or false}: one bulk string parses much faster than many.
-local function reply(outcome, r)
-  local values = {}
-  for i, name in ipairs(FIELDS) do
-    if name == 'result' then values[i] = false else values[i] = r[name] or false end
-  end
-  return {outcome, cjson.encode(values), r.result or false}
+local function reply(outcome, v)
+  local result = v[F.result]
+  v[F.result] = false
+  return {outcome, cjson.encode(v), result}
 end
 """.replace("@FIELDS@", _lua_list(FIELDS))
-    .replace("@INTEGERS@", _lua_set(sorted(INTEGER_FIELDS)))
+    .replace("@INDEX@", _lua_index(FIELDS))
     .replace("@STATUSES@", _lua_set(STATUSES))
     .replace("@DAMAGED@", DAMAGED_REPLY)
 )
@@ -245,7 +250,7 @@ end
 _CLAIM = """
 local now = tonumber(ARGV[2])
 local token = ARGV[3]
-local r = load(FIELDS)
+local v = load()
 local function create()
   redis.call('HSET', rec, 'scope', ARGV[10], 'key', ARGV[11], 'status', 'in_progress',
     'owner_token', token, 'fingerprint', ARGV[6], 'error', '', 'task_name', ARGV[8],
@@ -256,7 +261,7 @@ local function create()
 end
 local function answer(outcome)
   mark('w')
-  return reply(outcome, r)
+  return reply(outcome, v)
 end
 -- civil date of a day count (H. Hinnant's algorithm), for the hold message
 local function utc(micros)
@@ -278,74 +283,78 @@ local function utc(micros)
     math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60)
 end
 
-if not r then
+if not v then
   return create()
 end
-if r.expires_at and tonumber(r.expires_at) <= now then
+if v[F.expires_at] and tonumber(v[F.expires_at]) <= now then
   -- past its expiry: absent, whoever owned it
   redis.call('DEL', rec)
   return create()
 end
-if r.status == 'in_progress'
-    and (r.owner_token == token or (ARGV[13] ~= '' and r.owner_token == ARGV[13])) then
+local status = v[F.status]
+local owner = v[F.owner_token]
+if status == 'in_progress' and (owner == token or (ARGV[13] ~= '' and owner == ARGV[13])) then
   -- the owner's own earlier claim (a Celery retry hands it over to its new token), or
   -- this very claim again (redis-py resent a command whose reply was lost): stale or not
   redis.call('HSET', rec, 'owner_token', token, 'lease_expires_at', ARGV[4],
     'updated_at', ARGV[2])
-  r.owner_token = token
-  r.lease_expires_at = ARGV[4]
-  r.updated_at = ARGV[2]
+  v[F.owner_token] = token
+  v[F.lease_expires_at] = ARGV[4]
+  v[F.updated_at] = ARGV[2]
   return answer('resumed')
 end
-if r.status == 'in_progress' and r.lease_expires_at and tonumber(r.lease_expires_at) <= now then
+local lease = v[F.lease_expires_at]
+if status == 'in_progress' and lease and tonumber(lease) <= now then
   if ARGV[5] == 'hold' then
-    r.status = 'unknown'
-    r.error = 'lease ended at ' .. utc(r.lease_expires_at) .. ARGV[12] .. ' without an outcome;'
+    v[F.status] = 'unknown'
+    v[F.error] = 'lease ended at ' .. utc(lease) .. ARGV[12] .. ' without an outcome;'
       .. ' the owner may have crashed after acting. Release it to run again.'
-    r.updated_at = ARGV[2]
-    r.last_duplicate_at = ARGV[2]
-    redis.call('HSET', rec, 'status', r.status, 'error', r.error, 'updated_at', ARGV[2],
+    v[F.updated_at] = ARGV[2]
+    v[F.last_duplicate_at] = ARGV[2]
+    redis.call('HSET', rec, 'status', v[F.status], 'error', v[F.error], 'updated_at', ARGV[2],
       'last_duplicate_at', ARGV[2])
-    r.duplicates_blocked = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
+    v[F.duplicates_blocked] = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
     return answer('held')
   end
-  local seen = r.fingerprint or ''
+  local seen = v[F.fingerprint] or ''
   if ARGV[6] == '' or seen == '' or seen == ARGV[6] then
     redis.call('HSET', rec, 'owner_token', token, 'fingerprint', ARGV[6],
       'task_name', ARGV[8], 'task_id', ARGV[9], 'metadata', ARGV[7],
       'updated_at', ARGV[2], 'lease_expires_at', ARGV[4])
-    r.owner_token = token
-    r.fingerprint = ARGV[6]
-    r.task_name = ARGV[8]
-    r.task_id = ARGV[9]
-    r.metadata = ARGV[7]
-    r.updated_at = ARGV[2]
-    r.lease_expires_at = ARGV[4]
+    v[F.owner_token] = token
+    v[F.fingerprint] = ARGV[6]
+    v[F.task_name] = ARGV[8]
+    v[F.task_id] = ARGV[9]
+    v[F.metadata] = ARGV[7]
+    v[F.updated_at] = ARGV[2]
+    v[F.lease_expires_at] = ARGV[4]
     return answer('reclaimed')
   end
 end
-r.duplicates_blocked = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
-r.last_duplicate_at = ARGV[2]
+v[F.duplicates_blocked] = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
+v[F.last_duplicate_at] = ARGV[2]
 redis.call('HSET', rec, 'last_duplicate_at', ARGV[2])
 return answer('duplicate')
 """
 
 # ARGV: member. Reply: false, or reply('found', the record).
 _GET = """
-local r = load(FIELDS)
-if not r then return false end
-return reply('found', r)
+local v = load()
+if not v then return false end
+return reply('found', v)
 """
 
 # ARGV: member, token, status, result ('' when has_result is '0'), has_result, error,
 # now, expires_at ('' for never), milliseconds until Redis may drop it.
 _FINISH = """
-local r = load({'result', 'error'})
-if not r or r.owner_token ~= ARGV[2] then return 0 end
-if r.status ~= 'in_progress' and r.status ~= 'unknown' then
+local v = load()
+if not v or v[F.owner_token] ~= ARGV[2] then return 0 end
+local status = v[F.status]
+if status ~= 'in_progress' and status ~= 'unknown' then
   -- the same outcome again from its owner is a retried command whose reply was lost
-  local same_result = (ARGV[5] == '1' and r.result == ARGV[4]) or (ARGV[5] == '0' and not r.result)
-  if r.status == ARGV[3] and same_result and r.error == ARGV[6] then return 1 end
+  local stored = v[F.result]
+  local same_result = (ARGV[5] == '1' and stored == ARGV[4]) or (ARGV[5] == '0' and not stored)
+  if status == ARGV[3] and same_result and v[F.error] == ARGV[6] then return 1 end
   return 0
 end
 if ARGV[5] == '1' and ARGV[8] ~= '' then
@@ -379,10 +388,9 @@ return 1
 
 # ARGV: member, token
 _RELEASE = """
-local r = load({})
-if not r or r.owner_token ~= ARGV[2] or (r.status ~= 'in_progress' and r.status ~= 'unknown') then
-  return 0
-end
+local v = load()
+if not v or v[F.owner_token] ~= ARGV[2] then return 0 end
+if v[F.status] ~= 'in_progress' and v[F.status] ~= 'unknown' then return 0 end
 redis.call('DEL', rec)
 mark('d')
 return 1
@@ -390,8 +398,8 @@ return 1
 
 # ARGV: member, token, lease_expires_at, now
 _EXTEND = """
-local r = load({})
-if not r or r.owner_token ~= ARGV[2] or r.status ~= 'in_progress' then return 0 end
+local v = load()
+if not v or v[F.owner_token] ~= ARGV[2] or v[F.status] ~= 'in_progress' then return 0 end
 redis.call('HSET', rec, 'lease_expires_at', ARGV[3], 'updated_at', ARGV[4])
 mark('w')
 return 1
@@ -399,10 +407,10 @@ return 1
 
 # ARGV: member, owner_token, status, allow_live ('1' or '0'), now
 _RELEASE_IF_UNCHANGED = """
-local r = load({'lease_expires_at'})
-if not r or r.status ~= ARGV[3] or r.owner_token ~= ARGV[2] then return 0 end
-if ARGV[4] ~= '1' and r.status == 'in_progress' and r.lease_expires_at
-    and tonumber(r.lease_expires_at) > tonumber(ARGV[5]) then
+local v = load()
+if not v or v[F.status] ~= ARGV[3] or v[F.owner_token] ~= ARGV[2] then return 0 end
+local lease = v[F.lease_expires_at]
+if ARGV[4] ~= '1' and ARGV[3] == 'in_progress' and lease and tonumber(lease) > tonumber(ARGV[5]) then
   return 0
 end
 redis.call('DEL', rec)
