@@ -9,6 +9,10 @@ stores, follows the class.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -19,6 +23,8 @@ from django_onceonly.stores.audit import sync_audit
 from django_onceonly.stores.base import RECORD_FIELDS
 from django_onceonly.testing.contract import StoreContract, StoreUnderTest
 from tests.conftest import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class TestStoreContract(StoreContract):
@@ -74,3 +80,16 @@ def test_every_field_reaches_the_column_of_its_name(backend: Backend) -> None:
     )
     assert (row.created_at, row.updated_at, row.last_duplicate_at) == (t0, at[2], at[1])
     assert (row.lease_expires_at, row.duplicates_blocked) == (at[4], 1)
+
+
+def test_the_package_imports_pytest_only_with_its_testing_suites() -> None:
+    code = (
+        "import sys, django; django.setup(); "
+        "import django_onceonly, django_onceonly.locks, django_onceonly.stores, "
+        "django_onceonly.testing; "
+        "assert 'pytest' not in sys.modules, 'imported pytest'; "
+        "import django_onceonly.testing.contract, django_onceonly.testing.races; "
+        "assert 'pytest' in sys.modules"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=ROOT)
