@@ -494,7 +494,7 @@ class RedisLayers:
 
         from django_onceonly.stores import RedisStore, get_store
         from django_onceonly.stores.base import ClaimRequest
-        from django_onceonly.stores.redis import CLAIM
+        from django_onceonly.stores.redis_scripts import CLAIM
 
         self.conn = conn
         store = get_store()

@@ -41,7 +41,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..conf import conf
 from ..exceptions import StoreUnavailable
 from . import get_store
-from .redis import FIELDS, SHARDS, RedisStore, Script, record_from_values
+from .redis import SHARDS, RedisStore, record_from_values
+from .redis_scripts import FIELDS, Script
 
 if TYPE_CHECKING:
     from ..models import IdempotencyRecord
