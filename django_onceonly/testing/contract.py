@@ -1041,6 +1041,38 @@ class StoreContract(StoreTestCase):
         assert release(allow_live=True, now=timezone.now()) is True
         assert onceonly_store.record("k") is None
 
+    def test_finish_refuses_a_status_that_does_not_finish_a_record(
+        self, onceonly_store: StoreUnderTest
+    ) -> None:
+        lock = check_lock("k", lease=60)
+        seen = _seen(onceonly_store, "k")
+
+        with pytest.raises(ValueError, match="cannot finish with status 'in_progress'"):
+            onceonly_store.store.finish(
+                "",
+                "k",
+                lock.token or "",
+                status="in_progress",
+                result_json=None,
+                error="",
+                now=timezone.now(),
+                expires_at=None,
+            )
+        assert onceonly_store.record("k") == seen
+
+    def test_transactional_claims_follow_supports_transactions(
+        self, onceonly_store: StoreUnderTest
+    ) -> None:
+        if onceonly_store.store.supports_transactions:
+            # Outside an atomic block the claim simply commits.
+            assert check_lock("k", transactional=True).locked
+            return
+
+        with pytest.raises(ValueError, match="transactional=True is not possible"):
+            check_lock("k", transactional=True)
+
+        assert onceonly_store.record("k") is None
+
     def test_release_if_unchanged_refuses_a_status_no_record_has(
         self, onceonly_store: StoreUnderTest
     ) -> None:
