@@ -18,6 +18,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
+    from .batch import check_locks
     from .decorators import once
     from .locks import Lock, acheck_lock, check_lock
 
@@ -37,6 +38,7 @@ __all__ = [
     "StoreUnavailable",
     "acheck_lock",
     "check_lock",
+    "check_locks",
     "once",
 ]
 
@@ -48,6 +50,10 @@ def __getattr__(name: str) -> Any:
         from . import locks
 
         return getattr(locks, name)
+    if name == "check_locks":
+        from .batch import check_locks
+
+        return check_locks
     if name == "once":
         from .decorators import once
 

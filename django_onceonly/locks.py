@@ -26,7 +26,7 @@ from .rules import (
 )
 from .rules import seconds as to_seconds
 from .stores import get_store
-from .stores.base import ClaimRequest, Record
+from .stores.base import ClaimRequest, ClaimResult, Record
 
 logger = logging.getLogger("django_onceonly")
 
@@ -299,55 +299,116 @@ def check_lock(
     validate_key(key)
     validate_scope(scope)
     fingerprint_value = validate_fingerprint(fingerprint)
-    check_choice("on_error", on_error, ON_ERROR_CHOICES)
-    # Spans are checked before anything is written: a ttl the store cannot hold would
-    # otherwise fail at complete(), after the work ran, and leave the key claimable.
-    ttl_seconds = (
-        to_seconds(ttl, "ttl")
-        if ttl is not None
-        else optional_seconds(conf.ONCEONLY_TTL, "ONCEONLY_TTL")
-    )
-    lease_seconds = to_seconds(lease if lease is not None else conf.ONCEONLY_LEASE, "lease")
-    metadata_dict = dict(metadata or {})
-    metadata_json = encode_metadata(metadata_dict)
+    spans = _Options.build(ttl=ttl, lease=lease, metadata=metadata, on_error=on_error)
     now = timezone.now()
-    token = secrets.token_hex(16)
-    request = ClaimRequest(
+    request = spans.request(
+        key,
         scope=scope,
-        key=key,
-        token=token,
         now=now,
-        lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-        after_lease=conf.ONCEONLY_AFTER_LEASE,
         fingerprint=fingerprint_value,
-        metadata=metadata_dict,
-        metadata_json=metadata_json,
+        transactional=transactional,
         task_name=task_name,
         task_id=task_id,
-        transactional=transactional,
         resume_token=_resume_token,
     )
-    common: dict[str, Any] = {
-        "key": key,
-        "scope": scope,
-        "ttl": ttl_seconds,
-        "on_error": on_error,
-        "transactional": transactional,
-        "now": now,
-    }
     try:
         outcome = get_store().claim(request)
     except StoreUnavailable as exc:
         if conf.ONCEONLY_ON_STORE_ERROR != "run":
             raise
-        logger.warning(
-            "django-onceonly: store unavailable, running key %r (scope %r) UNPROTECTED: %s",
-            key,
-            scope,
-            exc,
-        )
-        return Lock(status=LOCKED, record=None, token=None, unprotected=True, **common)
+        return _unprotected(request, spans, exc)
+    return _answer(request, spans, outcome)
 
+
+class _Options:
+    """The validated options of a claim, shared by every key of a batch."""
+
+    __slots__ = ("lease", "metadata", "metadata_json", "on_error", "ttl")
+
+    def __init__(
+        self, ttl: float | None, lease: float, metadata: dict[str, Any], on_error: str
+    ) -> None:
+        self.ttl = ttl
+        self.lease = lease
+        self.metadata = metadata
+        self.metadata_json = encode_metadata(metadata)
+        self.on_error = on_error
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        ttl: float | dt.timedelta | None,
+        lease: float | dt.timedelta | None,
+        metadata: Mapping[str, Any] | None,
+        on_error: str,
+    ) -> _Options:
+        check_choice("on_error", on_error, ON_ERROR_CHOICES)
+        # Spans are checked before anything is written: a ttl the store cannot hold would
+        # otherwise fail at complete(), after the work ran, and leave the key claimable.
+        ttl_seconds = (
+            to_seconds(ttl, "ttl")
+            if ttl is not None
+            else optional_seconds(conf.ONCEONLY_TTL, "ONCEONLY_TTL")
+        )
+        lease_seconds = to_seconds(lease if lease is not None else conf.ONCEONLY_LEASE, "lease")
+        return cls(ttl_seconds, lease_seconds, dict(metadata or {}), on_error)
+
+    def request(
+        self,
+        key: str,
+        *,
+        scope: str,
+        now: dt.datetime,
+        fingerprint: str = "",
+        transactional: bool = False,
+        task_name: str = "",
+        task_id: str = "",
+        resume_token: str = "",
+    ) -> ClaimRequest:
+        return ClaimRequest(
+            scope=scope,
+            key=key,
+            token=secrets.token_hex(16),
+            now=now,
+            lease_expires_at=now + dt.timedelta(seconds=self.lease),
+            after_lease=conf.ONCEONLY_AFTER_LEASE,
+            fingerprint=fingerprint,
+            metadata=self.metadata,
+            metadata_json=self.metadata_json,
+            task_name=task_name,
+            task_id=task_id,
+            transactional=transactional,
+            resume_token=resume_token,
+        )
+
+    def lock_options(self, request: ClaimRequest) -> dict[str, Any]:
+        return {
+            "key": request.key,
+            "scope": request.scope,
+            "ttl": self.ttl,
+            "on_error": self.on_error,
+            "transactional": request.transactional,
+            "now": request.now,
+        }
+
+
+def _unprotected(request: ClaimRequest, options: _Options, exc: Exception) -> Lock:
+    """The lock of a run that goes ahead without a claim (``ONCEONLY_ON_STORE_ERROR="run"``)."""
+    logger.warning(
+        "django-onceonly: store unavailable, running key %r (scope %r) UNPROTECTED: %s",
+        request.key,
+        request.scope,
+        exc,
+    )
+    return Lock(
+        status=LOCKED, record=None, token=None, unprotected=True, **options.lock_options(request)
+    )
+
+
+def _answer(request: ClaimRequest, options: _Options, outcome: ClaimResult) -> Lock:
+    """The :class:`Lock` for a store's answer to ``request``, with its signals and logs."""
+    key, scope, common = request.key, request.scope, options.lock_options(request)
     record = outcome.record
     if outcome.lease_expired:
         action = "reclaimed" if outcome.acquired else "held"
@@ -355,7 +416,7 @@ def check_lock(
             "django-onceonly: lease on key %r (scope %r) expired; %s", key, scope, action
         )
     if outcome.acquired:
-        lock = Lock(status=LOCKED, record=record, token=token, **common)
+        lock = Lock(status=LOCKED, record=record, token=request.token, **common)
         if outcome.lease_expired:
             signals.lease_expired.send(sender=Lock, lock=lock, action="reclaimed")
         signals.lock_acquired.send(sender=Lock, lock=lock)
@@ -364,7 +425,7 @@ def check_lock(
     lock = Lock(status=DUPLICATE, record=record, token=None, **common)
     if outcome.lease_expired:
         signals.lease_expired.send(sender=Lock, lock=lock, action="held")
-    if fingerprint_value and record.fingerprint and fingerprint_value != record.fingerprint:
+    if request.fingerprint and record.fingerprint and request.fingerprint != record.fingerprint:
         raise FingerprintMismatch(key, scope)
     logger.info(
         "django-onceonly: duplicate blocked for key %r (scope %r): record is %s",

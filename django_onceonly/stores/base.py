@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -233,6 +235,25 @@ class BaseStore(abc.ABC):
         )
         self._check_owned(done, key, "extend")
 
+    def claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
+        """Claim several keys, one result per request in the same order.
+
+        Each claim keeps every rule of :meth:`claim`, and each is atomic on its own; the
+        batch is not all-or-nothing (some keys may be acquired, others duplicates). Stores
+        do it in one round trip where they can. If a claim fails (the store goes down, a
+        damaged record), the claims this call acquired are released and the error
+        propagates: a batch never leaves claims nobody holds. A batch may not name one
+        ``(scope, key)`` twice (``ValueError``).
+        """
+        seen: set[tuple[str, str]] = set()
+        for request in requests:
+            self._check_transactional(request.transactional)
+            check_choice("after_lease", request.after_lease, AFTER_LEASE_CHOICES)
+            if (request.scope, request.key) in seen:
+                raise ValueError(f"a batch cannot claim the key {request.key!r} twice")
+            seen.add((request.scope, request.key))
+        return self._claim_many(list(requests))
+
     def release_if_unchanged(
         self,
         scope: str,
@@ -272,6 +293,35 @@ class BaseStore(abc.ABC):
     @abc.abstractmethod
     def _claim(self, request: ClaimRequest) -> ClaimResult:
         """:meth:`claim` in one atomic step (``transactional`` and ``after_lease`` are valid)."""
+
+    def _claim_many(self, requests: list[ClaimRequest]) -> list[ClaimResult]:
+        """:meth:`claim_many`; by default one :meth:`_claim` after the other.
+
+        Override it to claim in one round trip. On an error, call
+        :meth:`_release_acquired` with the results so far before raising.
+        """
+        results: list[ClaimResult] = []
+        try:
+            for request in requests:
+                results.append(self._claim(request))
+        except BaseException:
+            self._release_acquired(requests, results)
+            raise
+        return results
+
+    def _release_acquired(
+        self, requests: Sequence[ClaimRequest], results: Sequence[ClaimResult]
+    ) -> None:
+        """Give back what a failed batch acquired (best effort: the leases end anyway)."""
+        for request, result in zip(requests, results, strict=False):
+            if result.acquired:
+                with suppress(Exception):
+                    self._release(
+                        request.scope,
+                        request.key,
+                        request.token,
+                        transactional=request.transactional,
+                    )
 
     @abc.abstractmethod
     def _finish(

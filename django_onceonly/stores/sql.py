@@ -134,18 +134,17 @@ class Statements:
             "duplicates_blocked": "0",
             "last_duplicate_at": "NULL",
         }
-        insert = (
-            f"INSERT INTO {table} ({', '.join(c[name] for name in COLUMNS)}) "
-            f"VALUES ({', '.join(inserted[name] for name in COLUMNS)})"
-        )
+        head = f"INSERT INTO {table} ({', '.join(c[name] for name in COLUMNS)}) VALUES "
+        row = f"({', '.join(inserted[name] for name in COLUMNS)})"
+        insert = head + row
         if vendor == "mysql":
             stale = (
                 f"({c['expires_at']} IS NOT NULL AND {c['expires_at']} <= VALUES({c['created_at']})) "
                 f"OR ({c['status']} = VALUES({c['status']}) "
                 f"AND {c['lease_expires_at']} <= VALUES({c['created_at']}))"
             )
-            claim = (
-                f"{insert} ON DUPLICATE KEY UPDATE "
+            conflict = (
+                " ON DUPLICATE KEY UPDATE "
                 f"{c['duplicates_blocked']} = IF({stale}, {c['duplicates_blocked']}, "
                 f"{c['duplicates_blocked']} + 1), "
                 f"{c['last_duplicate_at']} = IF({stale}, {c['last_duplicate_at']}, "
@@ -158,16 +157,21 @@ class Statements:
                 f"OR ({t}.{c['status']} = excluded.{c['status']} "
                 f"AND {t}.{c['lease_expires_at']} <= excluded.{c['created_at']})"
             )
-            claim = (
-                f"{insert} ON CONFLICT ({c['scope']}, {c['key']}) DO UPDATE SET "
+            conflict = (
+                f" ON CONFLICT ({c['scope']}, {c['key']}) DO UPDATE SET "
                 f"{c['duplicates_blocked']} = CASE WHEN {stale} THEN {t}.{c['duplicates_blocked']} "
                 f"ELSE {t}.{c['duplicates_blocked']} + 1 END, "
                 f"{c['last_duplicate_at']} = CASE WHEN {stale} THEN {t}.{c['last_duplicate_at']} "
                 f"ELSE excluded.{c['created_at']} END"
             )
         if self.returning:
-            claim += f" RETURNING {selected}"
+            conflict += f" RETURNING {selected}"
+        claim = insert + conflict
         self.claim = Statement.build(claim)
+        # check_locks: the same statement with one row per key, the parameters of row i
+        # named with the suffix _i (see claim_many).
+        self._many = (head, row, conflict)
+        self._claim_many: dict[int, Statement] = {}
         # A claim that finds the key taken writes nothing that matters (a counter and a
         # time), yet in autocommit its commit would wait for the WAL flush like a real
         # claim: on PostgreSQL that wait is most of a duplicate check's cost. Such a claim
@@ -234,3 +238,25 @@ class Statements:
             f"{unchanged} AND NOT ({c['status']} = %(in_progress)s "
             f"AND {c['lease_expires_at']} IS NOT NULL AND {c['lease_expires_at']} > %(now)s)"
         )
+
+    def claim_many(self, count: int) -> Statement:
+        """The claim of ``count`` keys in one statement (``returning`` databases only).
+
+        Row ``i`` takes its values from the parameters named with the suffix ``_i``
+        (``scope_0``, ``key_0``, ... ``in_progress_0``): see :func:`row_params`.
+        """
+        statement = self._claim_many.get(count)
+        if statement is None:
+            head, row, conflict = self._many
+            rows = ", ".join(
+                _PLACEHOLDER.sub(lambda match, i=i: f"%({match.group(1)}_{i})s", row)  # type: ignore[misc]
+                for i in range(count)
+            )
+            statement = self._claim_many[count] = Statement.build(head + rows + conflict)
+        return statement
+
+
+def row_params(values: Params, index: int) -> dict[str, Any]:
+    """The parameters of row ``index`` of :meth:`Statements.claim_many`."""
+    named = {**_CONSTANTS, **values}
+    return {f"{name}_{index}": value for name, value in named.items()}
