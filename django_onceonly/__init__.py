@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
+    DuplicateTask,
     FingerprintMismatch,
     InProgress,
     IntentBlocked,
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DuplicateTask",
     "FingerprintMismatch",
     "InProgress",
     "IntentBlocked",
