@@ -7,17 +7,20 @@ run on each database; ``onceonly_release`` goes through the store and runs on ev
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connections
+from django.db.models.signals import post_delete
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_onceonly import LockLost, check_lock
 from django_onceonly.models import IdempotencyRecord, Status
+from django_onceonly.stores.database import close_connections
 from django_onceonly.tasks import purge_expired
 from tests.conftest import Backend, backend_params
 from tests.factories import IdempotencyRecordFactory
@@ -94,15 +97,13 @@ def test_purge_with_nothing_expired_deletes_nothing(backend: Backend) -> None:
 
 
 @on_each_database
-def test_purge_rejects_a_batch_size_below_one(backend: Backend) -> None:
+def test_purge_rejects_a_batch_size_below_one_as_a_command_error(backend: Backend) -> None:
     make(backend, 3, expired=True)
-    err = StringIO()
 
-    with pytest.raises(SystemExit) as exit_info:
-        call_command("onceonly_purge", "--batch-size", "0", stdout=StringIO(), stderr=err)
+    for size in ("0", "-5"):
+        with pytest.raises(CommandError, match="--batch-size must be at least 1"):
+            call_command("onceonly_purge", "--batch-size", size, stdout=StringIO())
 
-    assert exit_info.value.code == 2
-    assert "--batch-size must be at least 1" in err.getvalue()
     assert records(backend).count() == 3
 
 
@@ -143,6 +144,121 @@ def test_purge_touches_only_the_onceonly_database(backend: Backend) -> None:
 
     assert records(backend).count() == 0
     assert IdempotencyRecord.objects.using("default").count() == 3
+
+
+# How the purge races claims: trials x expired records, and the threads re-claiming them.
+PURGE_RACE_TRIALS = {"sqlite": 2, "postgres": 4, "mariadb": 4}
+PURGE_RACE_RECORDS = 2000
+PURGE_RACE_CLAIMERS = 4
+
+
+@pytest.mark.slow
+@on_each_database
+def test_purge_never_deletes_a_claim_taken_while_it_runs_even_with_a_delete_receiver(
+    backend: Backend,
+) -> None:
+    # An app listening to post_delete for every model (audit logs, cache invalidation)
+    # turns QuerySet.delete() into a select, then a delete by primary key: a record
+    # re-claimed in between lost its live claim. The purge's DELETE carries the
+    # "still expired" condition itself.
+    def audit(sender: Any, instance: Any, **kwargs: Any) -> None:
+        pass
+
+    post_delete.connect(audit, weak=False, dispatch_uid="test_purge_audit")
+    trials = PURGE_RACE_TRIALS[backend.name]
+    claimed_during_purge = purged = 0
+    lost: list[str] = []
+    try:
+        for trial in range(trials):
+            during, deleted, lost_keys = _race_purge_and_claims(backend, trial)
+            claimed_during_purge += during
+            purged += deleted
+            lost += lost_keys
+    finally:
+        post_delete.disconnect(dispatch_uid="test_purge_audit")
+    print(
+        f"\n{backend.name}: {trials} trials x {PURGE_RACE_RECORDS} expired records, "
+        f"{PURGE_RACE_CLAIMERS} claimer threads: {claimed_during_purge} claims taken while "
+        f"the purge ran, {purged} records purged, {len(lost)} claims lost"
+    )
+    assert not lost, f"claims lost their record to the purge: {lost[:10]}"
+    # The race happened: claims landed while batches were being deleted.
+    assert claimed_during_purge > 0
+
+
+def _race_purge_and_claims(backend: Backend, trial: int) -> tuple[int, int, list[str]]:
+    """Purge expired records while threads claim the same keys in expiry order.
+
+    Returns how many claims were taken while the purge ran, how many records it
+    deleted, and the keys whose claim lost its record.
+    """
+    now = timezone.now()
+    keys = [f"purge-race-{trial}-{n:05d}" for n in range(PURGE_RACE_RECORDS)]
+    expired = [
+        IdempotencyRecordFactory.build(
+            key=key,
+            created_at=now - dt.timedelta(days=2),
+            expires_at=now - dt.timedelta(days=1, seconds=PURGE_RACE_RECORDS - n),
+        )
+        for n, key in enumerate(keys)
+    ]
+    records(backend).bulk_create(expired, batch_size=500)
+    start = threading.Barrier(PURGE_RACE_CLAIMERS + 1)
+    purging = threading.Event()
+    guard = threading.Lock()
+    tokens: dict[str, str] = {}
+    during: list[bool] = []
+    deleted: list[int] = []
+    crashes: list[BaseException] = []
+
+    def purge() -> None:
+        try:
+            start.wait(timeout=60)
+            purging.set()
+            deleted.append(records(backend).purge_expired(batch_size=50))
+        except BaseException as exc:
+            crashes.append(exc)
+        finally:
+            purging.clear()
+            connections.close_all()
+            close_connections()
+
+    def claim(offset: int) -> None:
+        try:
+            start.wait(timeout=60)
+            # Every claimer walks the keys in expiry order, as the purge does, so that
+            # the claims meet the batches being deleted.
+            for key in keys[offset::PURGE_RACE_CLAIMERS]:
+                lock = check_lock(key, lease=600)
+                assert lock.locked, (key, lock.record_status)
+                with guard:
+                    tokens[key] = str(lock.token)
+                    during.append(purging.is_set())
+        except BaseException as exc:
+            start.abort()
+            crashes.append(exc)
+        finally:
+            connections.close_all()
+            close_connections()
+
+    threads = [threading.Thread(target=purge, name="purge")] + [
+        threading.Thread(target=claim, args=(n,), name=f"claimer-{n}")
+        for n in range(PURGE_RACE_CLAIMERS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not crashes, f"threads crashed: {crashes!r}"
+    assert len(tokens) == len(keys)
+    kept = dict(
+        records(backend).filter(key__in=keys, status=Status.IN_PROGRESS).values_list(
+            "key", "owner_token"
+        )
+    )
+    lost = sorted(key for key, token in tokens.items() if kept.get(key) != token)
+    records(backend).filter(key__in=keys).delete()
+    return sum(during), deleted[0], lost
 
 
 # -- onceonly_release --------------------------------------------------------------------
