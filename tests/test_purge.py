@@ -252,9 +252,9 @@ def _race_purge_and_claims(backend: Backend, trial: int) -> tuple[int, int, list
     assert not crashes, f"threads crashed: {crashes!r}"
     assert len(tokens) == len(keys)
     kept = dict(
-        records(backend).filter(key__in=keys, status=Status.IN_PROGRESS).values_list(
-            "key", "owner_token"
-        )
+        records(backend)
+        .filter(key__in=keys, status=Status.IN_PROGRESS)
+        .values_list("key", "owner_token")
     )
     lost = sorted(key for key, token in tokens.items() if kept.get(key) != token)
     records(backend).filter(key__in=keys).delete()
