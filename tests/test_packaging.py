@@ -1,4 +1,5 @@
-"""What ships: the wheel holds the migrations and ``py.typed``; models match migrations."""
+"""What ships: the wheel holds every module, the migrations, the admin templates, ``py.typed``
+and the licence; models match migrations."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_wheel_contains_migrations_and_py_typed(tmp_path: Path) -> None:
+def test_wheel_contains_modules_migrations_templates_and_licence(tmp_path: Path) -> None:
     # Build from a copy so that the build's own build/ and *.egg-info never land in
     # the working tree that other runs are reading.
     source = tmp_path / "source"
@@ -49,9 +50,24 @@ def test_wheel_contains_migrations_and_py_typed(tmp_path: Path) -> None:
     assert "django_onceonly/management/commands/onceonly_purge.py" in names
     assert "django_onceonly/management/commands/onceonly_release.py" in names
     assert not any(name.startswith("tests/") for name in names)
-    # Every migration in the source tree ships.
-    for migration in (ROOT / "django_onceonly" / "migrations").glob("*.py"):
-        assert f"django_onceonly/migrations/{migration.name}" in names
+    package = ROOT / "django_onceonly"
+    # Every module (the admin package's among them), migration and template ships.
+    for module in package.rglob("*.py"):
+        assert module.relative_to(ROOT).as_posix() in names
+    templates = [path for path in (package / "templates").rglob("*") if path.is_file()]
+    assert len(templates) >= 8
+    for template in templates:
+        assert template.relative_to(ROOT).as_posix() in names
+    assert "django_onceonly/templates/admin/django_onceonly/idempotencyrecord/change_list.html" in (
+        names
+    )
+    # The licence, and nothing from the old, non-existent static/ folder.
+    licences = [name for name in names if name.endswith(".dist-info/licenses/LICENSE")]
+    assert len(licences) == 1
+    assert "MIT License" in zipfile.ZipFile(wheels[0]).read(licences[0]).decode()
+    metadata = next(name for name in names if name.endswith(".dist-info/METADATA"))
+    assert "License-Expression: MIT" in zipfile.ZipFile(wheels[0]).read(metadata).decode()
+    assert not any(name.startswith("django_onceonly/static/") for name in names)
 
 
 @pytest.mark.django_db(databases=["default"])
