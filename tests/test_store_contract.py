@@ -8,13 +8,18 @@ how long anything took.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connections
 from django.dispatch import Signal
+from django.utils import timezone
 
 from django_onceonly import (
     FingerprintMismatch,
@@ -23,6 +28,8 @@ from django_onceonly import (
     signals,
 )
 from django_onceonly.locks import Lock
+from django_onceonly.stores import Record
+from django_onceonly.stores.database import close_connections
 from tests.conftest import Backend
 
 SHORT = 0.3  # seconds: a lease or TTL that a test waits out
@@ -768,3 +775,194 @@ def test_refused_operations_send_no_signal(backend: Backend, sent: SignalLog) ->
             call()
 
     assert sent.names() == []
+
+
+# -- release of the version an operator saw ----------------------------------------------
+
+
+def _seen(backend: Backend, key: str) -> Record:
+    record = backend.record(key)
+    assert record is not None
+    return record
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed", "unknown"])
+def test_release_if_unchanged_deletes_the_finished_record_seen(
+    backend: Backend, outcome: str
+) -> None:
+    lock = check_lock("k")
+    if outcome == "completed":
+        lock.complete("sent")
+    else:
+        lock.fail("no", outcome_unknown=outcome == "unknown")
+    seen = _seen(backend, "k")
+
+    released = backend.store.release_if_unchanged(
+        "", "k", owner_token=seen.owner_token, status=outcome, allow_live=False, now=timezone.now()
+    )
+
+    assert released is True
+    assert backend.record("k") is None
+    assert check_lock("k").locked
+
+
+def test_release_if_unchanged_leaves_another_owner_or_status_alone(backend: Backend) -> None:
+    lock = check_lock("k", lease=60)
+    seen = _seen(backend, "k")
+    now = timezone.now()
+
+    assert not backend.store.release_if_unchanged(
+        "", "k", owner_token="0" * 32, status="in_progress", allow_live=True, now=now
+    )
+    assert not backend.store.release_if_unchanged(
+        "", "k", owner_token=seen.owner_token, status="completed", allow_live=True, now=now
+    )
+    assert not backend.store.release_if_unchanged(
+        "", "other", owner_token=seen.owner_token, status="in_progress", allow_live=True, now=now
+    )
+    assert backend.record("k") == seen
+    lock.complete("the owner finished")
+    assert check_lock("k").result == "the owner finished"
+
+
+def test_release_if_unchanged_leaves_a_live_lease_alone_unless_allowed(backend: Backend) -> None:
+    check_lock("k", lease=60)
+    seen = _seen(backend, "k")
+    assert seen.lease_expires_at is not None
+
+    def release(*, allow_live: bool, now: dt.datetime) -> bool:
+        return backend.store.release_if_unchanged(
+            "",
+            "k",
+            owner_token=seen.owner_token,
+            status="in_progress",
+            allow_live=allow_live,
+            now=now,
+        )
+
+    assert release(allow_live=False, now=timezone.now()) is False
+    assert backend.record("k") == seen
+    # At a `now` past the lease end the same claim is stale: released.
+    assert release(allow_live=False, now=seen.lease_expires_at) is True
+    assert backend.record("k") is None
+    check_lock("k", lease=60)
+    seen = _seen(backend, "k")
+    assert release(allow_live=True, now=timezone.now()) is True
+    assert backend.record("k") is None
+
+
+def test_release_if_unchanged_refuses_a_status_no_record_has(backend: Backend) -> None:
+    check_lock("k")
+    seen = _seen(backend, "k")
+
+    with pytest.raises(ValueError, match="no record has the status 'done'"):
+        backend.store.release_if_unchanged(
+            "",
+            "k",
+            owner_token=seen.owner_token,
+            status="done",
+            allow_live=True,
+            now=timezone.now(),
+        )
+    assert backend.record("k") == seen
+
+
+def test_release_if_unchanged_never_releases_a_claim_that_took_the_key_over(
+    backend: Backend, settings: Any
+) -> None:
+    # The window of a check-then-delete: the operator is shown a stale claim, a new claim
+    # takes the key over, then the release arrives. It must find the record changed.
+    settings.ONCEONLY_AFTER_LEASE = "reclaim"
+    check_lock("k", lease=SHORT)
+    time.sleep(PAST_SHORT)
+    seen = _seen(backend, "k")
+    successor = check_lock("k", lease=60)
+    assert successor.locked
+
+    released = backend.store.release_if_unchanged(
+        "",
+        "k",
+        owner_token=seen.owner_token,
+        status=seen.status,
+        allow_live=False,
+        now=timezone.now(),
+    )
+
+    assert released is False
+    record = _seen(backend, "k")
+    assert record.owner_token == successor.token
+    successor.complete("the successor's result")
+    assert check_lock("k").result == "the successor's result"
+
+
+RELEASE_RACE_TRIALS = {"sqlite": 30, "postgres": 200, "mariadb": 200, "redis": 200}
+
+
+def test_release_racing_a_takeover_never_loses_the_new_claim(
+    backend: Backend, settings: Any
+) -> None:
+    # Each trial races an operator's release of a stale claim against a claim taking it
+    # over. Whichever lands first, the claim is acquired and its record must survive.
+    settings.ONCEONLY_AFTER_LEASE = "reclaim"
+    trials = RELEASE_RACE_TRIALS[backend.name]
+    run = uuid.uuid4().hex[:8]
+    keys = [f"release-race-{run}-{n}" for n in range(trials)]
+    for key in keys:
+        assert check_lock(key, lease=0.001).locked
+    time.sleep(0.05)
+    seen = [_seen(backend, key) for key in keys]
+    store = backend.store
+    barrier = threading.Barrier(2)
+    released: list[bool] = []
+    claims: list[Lock] = []
+    crashes: list[BaseException] = []
+
+    def operator() -> None:
+        try:
+            for key, record in zip(keys, seen, strict=True):
+                barrier.wait(60)
+                released.append(
+                    store.release_if_unchanged(
+                        "",
+                        key,
+                        owner_token=record.owner_token,
+                        status=record.status,
+                        allow_live=False,
+                        now=timezone.now(),
+                    )
+                )
+        except BaseException as exc:
+            barrier.abort()
+            crashes.append(exc)
+        finally:
+            connections.close_all()
+            close_connections()
+
+    def claimer() -> None:
+        try:
+            for key in keys:
+                barrier.wait(60)
+                claims.append(check_lock(key, lease=60))
+        except BaseException as exc:
+            barrier.abort()
+            crashes.append(exc)
+        finally:
+            connections.close_all()
+            close_connections()
+
+    threads = [threading.Thread(target=operator), threading.Thread(target=claimer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert not crashes, crashes
+    print(
+        f"\n{backend.name}: {trials} trials of a release racing a takeover, "
+        f"{sum(released)} released before the claim, {trials - sum(released)} found it taken"
+    )
+    for key, claim in zip(keys, claims, strict=True):
+        assert claim.locked, key
+        record = backend.record(key)
+        assert record is not None, f"{key}: the new claim's record was released"
+        assert record.owner_token == claim.token

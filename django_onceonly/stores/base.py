@@ -18,6 +18,7 @@ IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
 FAILED = "failed"
 UNKNOWN = "unknown"
+STATUSES = (IN_PROGRESS, COMPLETED, FAILED, UNKNOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,3 +189,39 @@ class BaseStore(abc.ABC):
     @abc.abstractmethod
     def force_release(self, scope: str, key: str) -> bool:
         """Delete the record whoever owns it (an operator's decision). True if one existed."""
+
+    def release_if_unchanged(
+        self,
+        scope: str,
+        key: str,
+        *,
+        owner_token: str,
+        status: str,
+        allow_live: bool,
+        now: dt.datetime,
+    ) -> bool:
+        """Delete the record only if it still has ``owner_token`` and ``status`` and, unless
+        ``allow_live``, its lease is not live at ``now``: one atomic step. True if deleted.
+
+        An operator's release of the version of a record they were shown (the admin's
+        confirmation page): a claim that took the key over, an owner that finished it, or
+        another release in between makes this release nothing.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"no record has the status {status!r}")
+        return self._release_if_unchanged(
+            scope, key, owner_token=owner_token, status=status, allow_live=allow_live, now=now
+        )
+
+    @abc.abstractmethod
+    def _release_if_unchanged(
+        self,
+        scope: str,
+        key: str,
+        *,
+        owner_token: str,
+        status: str,
+        allow_live: bool,
+        now: dt.datetime,
+    ) -> bool:
+        """:meth:`release_if_unchanged` as one conditional delete (``status`` is valid)."""

@@ -517,6 +517,33 @@ class DatabaseStore(BaseStore):
 
         return self._run(autocommit, delete)
 
+    def _release_if_unchanged(
+        self,
+        scope: str,
+        key: str,
+        *,
+        owner_token: str,
+        status: str,
+        allow_live: bool,
+        now: dt.datetime,
+    ) -> bool:
+        conn, autocommit = self._connection(False)
+        sql = self._sql(conn)
+        statement = sql.release_if_unchanged
+        params: list[Any] = [scope, key, owner_token, status]
+        if not allow_live:
+            statement = sql.release_if_unchanged_unless_live
+            params += [IN_PROGRESS, conn.ops.adapt_datetimefield_value(now)]
+
+        def delete() -> bool:
+            # One DELETE with the whole condition in it: never QuerySet.delete(), which
+            # selects first and deletes by primary key once any delete receiver exists.
+            with self._cursor(conn) as cursor:
+                cursor.execute(statement, params)
+                return bool(cursor.rowcount == 1)
+
+        return self._run(autocommit, delete)
+
 
 class _Statements:
     """The SQL for one database vendor, built once from the model's table."""
@@ -624,6 +651,11 @@ class _Statements:
             f"WHERE {owned} AND {c['status']} = %s"
         )
         self.force_release = f"DELETE FROM {table} WHERE {where_key}"
+        self.release_if_unchanged = f"DELETE FROM {table} WHERE {owned} AND {c['status']} = %s"
+        self.release_if_unchanged_unless_live = (
+            f"{self.release_if_unchanged} AND NOT ({c['status']} = %s "
+            f"AND {c['lease_expires_at']} IS NOT NULL AND {c['lease_expires_at']} > %s)"
+        )
 
 
 _STATEMENTS: dict[tuple[str, bool], _Statements] = {}

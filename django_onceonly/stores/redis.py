@@ -348,6 +348,19 @@ mark('w')
 return 1
 """
 
+# ARGV: member, owner_token, status, allow_live ('1' or '0'), now
+_RELEASE_IF_UNCHANGED = """
+local cur = redis.call('HMGET', rec, 'status', 'owner_token', 'lease_expires_at')
+if not cur[1] or cur[1] ~= ARGV[3] or cur[2] ~= ARGV[2] then return 0 end
+if ARGV[4] ~= '1' and cur[1] == 'in_progress' and cur[3]
+    and tonumber(cur[3]) > tonumber(ARGV[5]) then
+  return 0
+end
+redis.call('DEL', rec)
+mark('d')
+return 1
+"""
+
 # ARGV: member
 _FORCE_RELEASE = """
 local n = redis.call('DEL', rec)
@@ -382,6 +395,7 @@ FINISH = Script(_FINISH)
 RELEASE = Script(_RELEASE)
 EXTEND = Script(_EXTEND)
 FORCE_RELEASE = Script(_FORCE_RELEASE)
+RELEASE_IF_UNCHANGED = Script(_RELEASE_IF_UNCHANGED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,3 +662,20 @@ class RedisStore(BaseStore):
 
     def force_release(self, scope: str, key: str) -> bool:
         return bool(self._run(FORCE_RELEASE, self.keys(scope, key), []))
+
+    def _release_if_unchanged(
+        self,
+        scope: str,
+        key: str,
+        *,
+        owner_token: str,
+        status: str,
+        allow_live: bool,
+        now: dt.datetime,
+    ) -> bool:
+        done = self._run(
+            RELEASE_IF_UNCHANGED,
+            self.keys(scope, key),
+            [owner_token, status, "1" if allow_live else "0", to_micros(now)],
+        )
+        return int(done) == 1
