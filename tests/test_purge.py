@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from io import StringIO
 from typing import Any
 
@@ -19,6 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_onceonly import LockLost, check_lock
+from django_onceonly.management.commands import onceonly_release as release_command
 from django_onceonly.models import IdempotencyRecord, Status
 from django_onceonly.stores.database import close_connections
 from django_onceonly.tasks import purge_expired
@@ -264,14 +266,23 @@ def _race_purge_and_claims(backend: Backend, trial: int) -> tuple[int, int, list
 # -- onceonly_release --------------------------------------------------------------------
 
 
-def test_release_command_frees_a_blocked_intent(backend: Backend) -> None:
-    check_lock("charge_9").fail("card declined")
+def test_release_command_shows_then_frees_a_blocked_intent(backend: Backend) -> None:
+    check_lock("charge_9", task_name="billing.charge", task_id="t-1").fail("card declined")
     assert check_lock("charge_9").record_status == "failed"
+    record = backend.record("charge_9")
+    assert record is not None
     out = StringIO()
 
     call_command("onceonly_release", "charge_9", stdout=out)
 
-    assert out.getvalue() == "Released 'charge_9' (scope '').\n"
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Key 'charge_9' (scope '')"
+    assert "  status:             failed" in lines
+    assert f"  owner token:        {record.owner_token[:8]}…" in lines
+    assert "  task:               billing.charge (t-1)" in lines
+    assert "  error:              card declined" in lines
+    assert "  duplicates blocked: 1" in lines
+    assert lines[-1] == "Released 'charge_9' (scope '')."
     assert backend.record("charge_9") is None
     assert check_lock("charge_9").locked
 
@@ -284,22 +295,77 @@ def test_release_command_with_scope_touches_only_that_scope(backend: Backend) ->
 
     call_command("onceonly_release", "charge_9", "--scope", "tenant-a", stdout=out)
 
-    assert out.getvalue() == "Released 'charge_9' (scope 'tenant-a').\n"
+    assert "  status:             unknown" in out.getvalue().splitlines()
+    assert out.getvalue().endswith("Released 'charge_9' (scope 'tenant-a').\n")
     assert backend.record("charge_9", scope="tenant-a") is None
     assert check_lock("charge_9", scope="tenant-b").result == "b"
     assert check_lock("charge_9").result == "unscoped"
 
 
-def test_release_command_frees_a_running_claim(backend: Backend) -> None:
+def test_release_command_refuses_a_live_lease_without_force(backend: Backend) -> None:
+    owner = check_lock("charge_9", lease=600)
+    out = StringIO()
+
+    with pytest.raises(CommandError, match=r"Its lease is live.*pass --force"):
+        call_command("onceonly_release", "charge_9", stdout=out)
+
+    assert "  lease:              live until " in out.getvalue()
+    assert "Released" not in out.getvalue()
+    owner.complete("sent once")  # still the owner's
+    assert check_lock("charge_9").result == "sent once"
+
+
+def test_release_command_frees_a_running_claim_with_force(backend: Backend) -> None:
     owner = check_lock("charge_9", lease=600)
 
-    call_command("onceonly_release", "charge_9", stdout=StringIO())
+    call_command("onceonly_release", "charge_9", "--force", stdout=StringIO())
 
     assert backend.record("charge_9") is None
     assert check_lock("charge_9").locked
     # The old owner is fenced off: it cannot overwrite the new claim.
     with pytest.raises(LockLost, match="no longer holds it"):
         owner.complete("late")
+
+
+def test_release_command_frees_a_stuck_claim_without_force(backend: Backend) -> None:
+    check_lock("charge_9", lease=0.05)
+    time.sleep(0.1)
+    out = StringIO()
+
+    call_command("onceonly_release", "charge_9", stdout=out)
+
+    assert "  lease:              ended at " in out.getvalue()
+    assert backend.record("charge_9") is None
+
+
+def test_release_command_leaves_a_record_that_changes_after_it_was_shown(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between the record the command shows and its release, a retry takes the key
+    # over: the release is one atomic step on the version shown, so the retry keeps it.
+    check_lock("charge_9").fail("declined")
+    store = backend.store
+    retries: list[Any] = []
+
+    class TakenOverAfterReading:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def get(self, scope: str, key: str) -> Any:
+            shown = store.get(scope, key)
+            store.force_release(scope, key)
+            retries.append(check_lock(key, scope=scope, lease=600))
+            return shown
+
+    monkeypatch.setattr(release_command, "get_store", TakenOverAfterReading)
+
+    with pytest.raises(CommandError, match="changed while being released"):
+        call_command("onceonly_release", "charge_9", "--force", stdout=StringIO())
+
+    current = backend.record("charge_9")
+    assert current is not None
+    assert current.owner_token == retries[0].token
+    retries[0].complete("charged once")
 
 
 def test_release_command_for_a_missing_key_is_an_error(backend: Backend) -> None:

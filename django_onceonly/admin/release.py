@@ -26,7 +26,7 @@ from django.utils.translation import ngettext
 
 from ..conf import conf
 from ..models import IdempotencyRecord
-from ..rules import Status, lease_is_live
+from ..rules import Status
 from ..stores import get_store
 from ..stores.database import DatabaseStore
 
@@ -53,28 +53,26 @@ def release_if_unchanged(
     in between makes this release nothing. Unless ``allow_live``, a record whose lease
     is live at ``now`` is left alone too, even if it was shown that way.
 
-    With the database store this is one conditional ``DELETE``. With another store
-    (``RedisStore``, whose records this table copies for the audit trail) the store's
-    own record is compared, then released with ``force_release``; the check and the
-    release are two steps there, so a claim landing between them, within milliseconds,
-    would be released too.
+    The store decides, in one atomic step (``BaseStore.release_if_unchanged``: one
+    conditional ``DELETE`` on the database, one script on Redis). When the store is not
+    this table (``RedisStore``, whose records the table copies for the audit trail), the
+    copy is then removed as well: the next sync would remove it, and the person should
+    not see it come back meanwhile.
     """
-    records = IdempotencyRecord.objects.using(using)
     store = get_store()
-    if isinstance(store, DatabaseStore) and store.alias == using:
-        return records.delete_if_unchanged(
-            record.pk, owner_token=owner_token, status=status, allow_live=allow_live, now=now
-        )
-    current = store.get(record.scope, record.key)
-    if current is None or (current.owner_token, current.status) != (owner_token, status):
-        return False
-    if lease_is_live(current.status, current.lease_expires_at, now) and not allow_live:
-        return False
-    released = store.force_release(record.scope, record.key)
-    # The copy would go at the next sync; the person should not see it come back meanwhile.
-    records.delete_if_unchanged(
-        record.pk, owner_token=owner_token, status=status, allow_live=True, now=now
+    released = store.release_if_unchanged(
+        record.scope,
+        record.key,
+        owner_token=owner_token,
+        status=status,
+        allow_live=allow_live,
+        now=now,
     )
+    is_this_table = isinstance(store, DatabaseStore) and store.alias == using
+    if released and not is_this_table:
+        IdempotencyRecord.objects.using(using).delete_if_unchanged(
+            record.pk, owner_token=owner_token, status=status, allow_live=True, now=now
+        )
     return released
 
 
