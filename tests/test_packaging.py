@@ -78,3 +78,39 @@ def test_models_match_migrations() -> None:
     call_command("makemigrations", "--check", "--dry-run", stdout=out, stderr=StringIO())
 
     assert "No changes detected" in out.getvalue()
+
+
+def test_names_that_moved_stay_importable_where_they_were() -> None:
+    # The admin became a package, its queries and the stats' moved to managers.py, the
+    # heartbeat and DuplicateTask left celery.py: every public name still imports from
+    # its old place, as the same object.
+    import django_onceonly
+    from django_onceonly import admin, exceptions, managers, models, stats
+
+    assert django_onceonly.DuplicateTask is exceptions.DuplicateTask
+    assert "DuplicateTask" in django_onceonly.__all__
+    pytest.importorskip("celery")
+    from django_onceonly import celery, heartbeat
+
+    assert celery.DuplicateTask is exceptions.DuplicateTask
+    assert celery._heartbeat is heartbeat.heartbeat
+    for name in (
+        "IdempotencyRecordAdmin",
+        "EstimatedCountPaginator",
+        "RecordChangeList",
+        "ColumnValueFilter",
+        "TaskFilter",
+        "ScopeFilter",
+        "ConditionFilter",
+        "distinct_values",
+        "release_if_unchanged",
+        "lease_is_live",
+        "MAX_RELEASE",
+        "VALUES_LIMIT",
+        "LIST_DEFERRED",
+        "STATUS_CLASSES",
+    ):
+        assert getattr(admin, name) is not None, name
+    for name in ("COUNT_CAP", "Count", "count_rows", "planner_estimate", "stuck_filter"):
+        assert getattr(stats, name) is getattr(managers, name), name
+    assert models.IdempotencyRecordQuerySet is managers.IdempotencyRecordQuerySet

@@ -55,7 +55,7 @@ from .changelist import (
     LIST_DEFERRED,
     EstimatedCountPaginator,
     RecordChangeList,
-    _local,
+    local_time,
 )
 from .filters import (
     VALUES_LIMIT,
@@ -95,7 +95,7 @@ def lease_is_live(record: IdempotencyRecord, now: dt.datetime) -> bool:
 def _list_time(value: dt.datetime | None) -> str:
     if value is None:
         return "—"
-    return formats.date_format(_local(value), "Y-m-d H:i:s")
+    return formats.date_format(local_time(value), "Y-m-d H:i:s")
 
 
 def _pretty_json(value: Any) -> SafeString:
@@ -250,7 +250,7 @@ class IdempotencyRecordAdmin(ReleaseMixin):
     def lease_state(self, obj: IdempotencyRecord) -> str:
         if obj.status != Status.IN_PROGRESS or obj.lease_expires_at is None:
             return "—"
-        when = formats.date_format(_local(obj.lease_expires_at), "DATETIME_FORMAT")
+        when = formats.date_format(local_time(obj.lease_expires_at), "DATETIME_FORMAT")
         if obj.lease_is_live():
             return str(_("live until %(when)s: an owner may be running it now") % {"when": when})
         return str(_("ended at %(when)s with no outcome: stuck") % {"when": when})

@@ -68,7 +68,7 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return timezone.make_aware(value) if settings.USE_TZ else value
 
 
-def _local(value: dt.datetime) -> dt.datetime:
+def local_time(value: dt.datetime) -> dt.datetime:
     return timezone.localtime(value) if timezone.is_aware(value) else value
 
 
@@ -131,7 +131,7 @@ class RecordChangeList(ChangeList):
             )
             if first is None:
                 break
-            bucket = _truncate(_local(first), unit)
+            bucket = _truncate(local_time(first), unit)
             found.append(bucket)
             cursor = _aware(_next_bucket(bucket, unit))
         return found
@@ -162,7 +162,7 @@ class RecordChangeList(ChangeList):
             bounds = self.queryset.order_by().aggregate(first=Min(field_name), last=Max(field_name))
             if bounds["first"] is None:
                 return {"show": False}
-            first, last = _local(bounds["first"]), _local(bounds["last"])
+            first, last = local_time(bounds["first"]), local_time(bounds["last"])
             if first.year != last.year:
                 start = _truncate(first, "year")
                 end = _next_bucket(_truncate(last, "year"), "year")
