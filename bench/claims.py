@@ -222,22 +222,42 @@ def new_key() -> str:
 
 
 class FloorSQL:
-    """The cheapest autocommit statements that claim, complete and check a key."""
+    """The cheapest autocommit statements that claim, complete and check a key.
+
+    Columns and values go by name (the model's fields), never by position.
+    """
 
     def __init__(self, alias: str, table: str) -> None:
         from django.db import connections
 
-        from django_onceonly.stores.database import COLUMNS
+        from django_onceonly.models import IdempotencyRecord
 
         self.connection = connections[alias]
         conn = self.connection
         q = conn.ops.quote_name
-        columns = ", ".join(q(name) for name in COLUMNS)
         json_param = "CAST(%s AS jsonb)" if conn.vendor == "postgresql" else "%s"
-        values = (
-            f"(%s, %s, 'in_progress', %s, '', NULL, '', '', '', {json_param}, %s, %s, NULL, %s, "
-            "NULL, 0, NULL)"
-        )
+        # What a new claim writes into each column: a parameter, or a constant.
+        inserted = {
+            "scope": "%s",
+            "key": "%s",
+            "status": "'in_progress'",
+            "owner_token": "%s",
+            "metadata": json_param,
+            "created_at": "%s",
+            "updated_at": "%s",
+            "lease_expires_at": "%s",
+        }
+        self.parameters = [name for name, value in inserted.items() if "%s" in value]
+        for model_field in IdempotencyRecord._meta.local_fields:
+            if model_field.name not in inserted and not model_field.primary_key:
+                # The other columns as a claim leaves them: empty text, 0, or NULL.
+                default = {"CharField": "''", "TextField": "''"}.get(
+                    model_field.get_internal_type(),
+                    "0" if model_field.name == "duplicates_blocked" else "NULL",
+                )
+                inserted[model_field.name] = default
+        columns = ", ".join(q(name) for name in inserted)
+        values = f"({', '.join(inserted.values())})"
         if conn.vendor == "mysql":
             self.insert = f"INSERT IGNORE INTO {q(table)} ({columns}) VALUES {values}"
         else:
@@ -260,9 +280,17 @@ class FloorSQL:
 
         adapt = self.connection.ops.adapt_datetimefield_value
         now = adapt(timezone.now())
-        lease = adapt(timezone.now() + dt.timedelta(seconds=300))
+        by_name = {
+            "scope": "",
+            "key": key,
+            "owner_token": secrets.token_hex(16),
+            "metadata": "{}",
+            "created_at": now,
+            "updated_at": now,
+            "lease_expires_at": adapt(timezone.now() + dt.timedelta(seconds=300)),
+        }
         with self.connection.cursor() as cursor:
-            cursor.execute(self.insert, ["", key, secrets.token_hex(16), "{}", now, now, lease])
+            cursor.execute(self.insert, [by_name[name] for name in self.parameters])
 
     def claim_complete(self, n: int) -> None:
         from django.utils import timezone
@@ -317,7 +345,11 @@ class Ours:
 
 
 class ClaimStatementOnly:
-    """The store's claim statement alone, on an existing key: no Python of ours around it."""
+    """The store's claim statement alone, on an existing key: no Python of ours around it.
+
+    The statement and its parameters come from the store itself
+    (``DatabaseStore.statements`` and ``claim_values``), so they cannot drift from it.
+    """
 
     def __init__(self, alias: str, keys: list[str]) -> None:
         from django.db import connections
@@ -325,27 +357,32 @@ class ClaimStatementOnly:
         from django_onceonly.stores import DatabaseStore
 
         self.connection = connections[alias]
-        statements = DatabaseStore(alias)._sql(self.connection)
+        self.store = DatabaseStore(alias)
+        statements = self.store.statements(self.connection)
         self.keys = keys
         self.returning = statements.returning
         # What the store sends in autocommit (on PostgreSQL, with the asynchronous commit).
         self.statement = statements.claim_autocommit or statements.claim
-        self.token_param = statements.claim_autocommit is not None
 
     def duplicate(self, n: int) -> None:
         from django.utils import timezone
 
-        adapt = self.connection.ops.adapt_datetimefield_value
+        from django_onceonly.stores.base import ClaimRequest
+
+        statement, conn = self.statement, self.connection
         for i in range(n):
             now = timezone.now()
-            token = secrets.token_hex(16)
-            params: list[Any] = ["", self.keys[i % DUPLICATE_KEYS], "in_progress", token]
-            params += ["", "", "", "{}", adapt(now), adapt(now)]
-            params.append(adapt(now + dt.timedelta(seconds=300)))
-            if self.token_param:
-                params.append(token)
-            with self.connection.cursor() as cursor:
-                cursor.execute(self.statement, params)
+            request = ClaimRequest(
+                scope="",
+                key=self.keys[i % DUPLICATE_KEYS],
+                token=secrets.token_hex(16),
+                now=now,
+                lease_expires_at=now + dt.timedelta(seconds=300),
+                after_lease="reclaim",
+            )
+            params = statement.params(self.store.claim_values(conn, request))
+            with conn.cursor() as cursor:
+                cursor.execute(statement.sql, params)
                 if self.returning:
                     cursor.fetchone()
 
@@ -446,26 +483,39 @@ class FloorRedis:
 
 
 class RedisLayers:
-    """The duplicate check below ``check_lock``: the store alone, and its script alone."""
+    """The duplicate check below ``check_lock``: the store alone, and its script alone.
+
+    The script's keys and arguments come from the store (``RedisStore.claim_call``), so
+    they cannot drift from what it sends.
+    """
 
     def __init__(self, conn: Any, keys: list[str]) -> None:
         from django.utils import timezone
 
-        from django_onceonly.stores import get_store
-        from django_onceonly.stores.redis import CLAIM, to_micros
+        from django_onceonly.stores import RedisStore, get_store
+        from django_onceonly.stores.base import ClaimRequest
+        from django_onceonly.stores.redis_scripts import CLAIM
 
         self.conn = conn
-        self.store = get_store()
+        store = get_store()
+        assert isinstance(store, RedisStore)
+        self.store = store
         self.timezone = timezone
         self.keys = keys
         self.sha = CLAIM.sha
-        now = to_micros(timezone.now())
+        now = timezone.now()
         self.calls = []
         for key in keys:
-            names = self.store.keys("", key)  # type: ignore[attr-defined]
-            args = [names.member, now, secrets.token_hex(16), now + 300_000_000, "reclaim"]
-            args += ["", "{}", "", "", "", key, "+0000", ""]
-            self.calls.append([names.record, names.dirty, names.seq, *args])
+            request = ClaimRequest(
+                scope="",
+                key=key,
+                token=secrets.token_hex(16),
+                now=now,
+                lease_expires_at=now + dt.timedelta(seconds=300),
+                after_lease="reclaim",
+            )
+            script_keys, args = store.claim_call(request)
+            self.calls.append([len(script_keys), *script_keys, *args])
 
     def store_claim(self, n: int) -> None:
         from django_onceonly.stores.base import ClaimRequest
@@ -487,7 +537,7 @@ class RedisLayers:
     def script_only(self, n: int) -> None:
         conn, sha, calls = self.conn, self.sha, self.calls
         for i in range(n):
-            conn.evalsha(sha, 3, *calls[i % DUPLICATE_KEYS])
+            conn.evalsha(sha, *calls[i % DUPLICATE_KEYS])
 
 
 def redis_subject() -> Subject:

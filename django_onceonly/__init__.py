@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
+    DamagedRecord,
     DuplicateTask,
     FingerprintMismatch,
     InProgress,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "DamagedRecord",
     "DuplicateTask",
     "FingerprintMismatch",
     "InProgress",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 
@@ -118,3 +119,26 @@ class ResultTooLarge(OnceOnlyError, ValueError):
             "store a reference (an id or URL) instead of the payload"
         )
         super().__init__(size, limit)
+
+
+class DamagedRecord(OnceOnlyError):
+    """The store holds a record for the key that it cannot read (edited by hand, say).
+
+    The key is never taken for absent and the work does not run.
+    ``detail`` says what is wrong. An operator inspects the record, then deletes it with
+    ``manage.py onceonly_release`` (after which the intent may run again).
+    """
+
+    def __init__(self, key: str, detail: str, scope: str = "") -> None:
+        self.key = key
+        self.scope = scope
+        self.detail = detail
+        where = f" in scope {scope!r}" if scope else ""
+        option = f" --scope {shlex.quote(scope)}" if scope else ""
+        self.message = (
+            f"the stored record of key {key!r}{where} is damaged ({detail}); it is left as it "
+            "is and the work does not run. Inspect the record, then delete it with "
+            f"`manage.py onceonly_release {shlex.quote(key)}{option}` to let the intent "
+            "run again"
+        )
+        super().__init__(key, detail, scope)

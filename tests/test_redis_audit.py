@@ -7,6 +7,7 @@ come from the shared test Redis under this run's key prefix.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from io import StringIO
 from typing import Any
@@ -18,7 +19,7 @@ from django.utils import timezone
 
 from django_onceonly import check_lock
 from django_onceonly.models import IdempotencyRecord
-from django_onceonly.stores import RedisStore, get_store
+from django_onceonly.stores import RedisStore, audit, get_store
 from django_onceonly.stores.audit import SyncReport, _scan, _unmark, _write, sync_audit
 from django_onceonly.stores.base import RECORD_FIELDS, Record
 from django_onceonly.tasks import sync_redis_audit
@@ -271,3 +272,59 @@ def test_finished_records_stay_in_redis_a_little_past_their_expiry_for_the_sync(
     assert record is not None
     assert record.expires_at is not None
     assert record.expires_at - timezone.now() <= dt.timedelta(seconds=60)
+
+
+def test_a_sync_that_outlives_its_lock_rolls_back_instead_of_overwriting_a_newer_copy(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sync A reads the record while in progress, then stalls past its lock's lease.
+    # Meanwhile the owner completes and sync B copies "completed". A's older copy must
+    # not win when A resumes.
+    monkeypatch.setattr(audit, "LOCK_MS", 200)
+    lock = check_lock("k", lease=600)
+    real_copy = audit._copy
+    stalled: list[SyncReport] = []
+
+    def stall_first_copy(*args: Any) -> None:
+        if not stalled:
+            stalled.append(sync_b_report := SyncReport())
+            time.sleep(0.4)  # past A's lease: nobody renewed it
+            lock.complete("done")
+            newer = sync_audit()
+            sync_b_report.copied = newer.copied
+        real_copy(*args)
+
+    monkeypatch.setattr(audit, "_copy", stall_first_copy)
+
+    report_a = sync_audit()
+
+    assert stalled[0].copied == 1  # B took the lock A had lost and copied "completed"
+    assert report_a.locked_out
+    assert report_a.copied == 0  # A's batch was rolled back
+    row = IdempotencyRecord.objects.using(database).get(key="k")
+    assert (row.status, row.result) == ("completed", "done")
+    assert sync_audit().copied == 0  # nothing left behind
+
+
+def test_a_long_sync_renews_its_lock_so_no_second_sync_overlaps_it(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "LOCK_MS", 300)
+    for n in range(4):
+        check_lock(f"k{n}").complete(n)
+    real_copy = audit._copy
+    overlapping: list[SyncReport] = []
+
+    def slow_copy(*args: Any) -> None:
+        time.sleep(0.2)  # four batches: 0.8 s in all, well past one lease
+        overlapping.append(sync_audit())
+        real_copy(*args)
+
+    monkeypatch.setattr(audit, "_copy", slow_copy)
+
+    report = sync_audit(batch_size=1)
+
+    assert (report.copied, report.locked_out) == (4, False)
+    assert len(overlapping) == 4
+    assert all(other.locked_out for other in overlapping)
+    assert len(rows(database)) == 4

@@ -13,17 +13,24 @@ made it. :func:`sync_audit` (``manage.py onceonly_sync``) then, per batch:
    meantime has a new mark and is copied again by the next pass.
 
 A sync that dies at any point leaves its marks in place: the next one copies those
-records again (the writes are idempotent). One sync runs at a time (a lock in Redis),
-so an older copy of a record can never overwrite a newer one in the table.
+records again (the writes are idempotent). One sync runs at a time: a lock in Redis
+with a lease of :data:`LOCK_MS`, renewed before each batch and checked once more inside
+each batch's transaction, just before it commits. A sync that stalled past its lease
+(another sync may have copied newer versions meanwhile) rolls its batch back and
+stops, so an older copy of a record never overwrites a newer one in the table.
+
+A record that cannot be read (edited by hand in Redis: see ``docs/redis.md``) is not
+copied; the sync logs it as an error and goes on with the others.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
@@ -34,9 +41,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..conf import conf
 from ..exceptions import StoreUnavailable
 from . import get_store
-from .redis import FIELDS, SHARDS, RedisStore, Script, record_from_values
+from .redis import SHARDS, RedisStore, record_from_values
+from .redis_scripts import FIELDS, Script
 
-# How long the sync lock is trusted: a pass of one batch takes milliseconds.
+if TYPE_CHECKING:
+    from ..models import IdempotencyRecord
+
+logger = logging.getLogger("django_onceonly")
+
+# How long the sync lock is trusted after each renewal: a batch takes milliseconds.
 LOCK_MS = 60_000
 
 # KEYS[1]: a shard's dirty hash; ARGV: member, mark, member, mark, ...
@@ -49,6 +62,14 @@ for i = 1, #ARGV, 2 do
   end
 end
 return removed
+""",
+    common=False,
+)
+# KEYS[1]: the sync lock; ARGV[1]: this sync's token, ARGV[2]: its new lease in ms
+_RENEW = Script(
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """,
     common=False,
 )
@@ -71,7 +92,23 @@ class SyncReport:
     copied: int = 0  # rows inserted or updated
     deleted: int = 0  # rows of released records removed
     pending: int = 0  # marks left for the next pass (their record changed meanwhile)
-    locked_out: bool = False  # another sync was running: this one did nothing
+    damaged: int = 0  # records that could not be read, left out (and logged)
+    locked_out: bool = False  # another sync was running (or took over): this one stopped
+
+
+class _LockLost(Exception):
+    """This sync's lock lease ended: another sync may be copying newer versions."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SyncLock:
+    conn: Any
+    key: str
+    token: str
+
+    def renew(self) -> None:
+        if not int(_RENEW(self.conn, [self.key], [self.token, LOCK_MS])):
+            raise _LockLost
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +152,9 @@ def sync_audit(
 
 def _sync(store: RedisStore, batch_size: int, alias: str) -> SyncReport:
     conn = store.connection
-    lock_key = store.make_key("onceonly:audit-sync-lock")
-    token = secrets.token_hex(16)
+    lock = _SyncLock(conn, store.make_key("onceonly:audit-sync-lock"), secrets.token_hex(16))
     report = SyncReport()
-    if not conn.set(lock_key, token, nx=True, px=LOCK_MS):
+    if not conn.set(lock.key, lock.token, nx=True, px=LOCK_MS):
         report.locked_out = True
         return report
     try:
@@ -126,12 +162,21 @@ def _sync(store: RedisStore, batch_size: int, alias: str) -> SyncReport:
             marks, more = _scan(store, batch_size)
             for start in range(0, len(marks), batch_size):
                 batch = marks[start : start + batch_size]
-                _write(store, batch, alias, report)
+                lock.renew()
+                _write(store, batch, alias, report, lock)
                 _unmark(store, batch, report)
             if not more:
                 return report
+    except _LockLost:
+        logger.warning(
+            "django-onceonly: the audit sync held its lock past %s ms and stopped; its last "
+            "batch was rolled back and another sync copies those records",
+            LOCK_MS,
+        )
+        report.locked_out = True
+        return report
     finally:
-        _UNLOCK(conn, [lock_key], [token])
+        _UNLOCK(conn, [lock.key], [lock.token])
 
 
 def _scan(store: RedisStore, batch_size: int) -> tuple[list[_Mark], bool]:
@@ -151,20 +196,55 @@ def _scan(store: RedisStore, batch_size: int) -> tuple[list[_Mark], bool]:
     return marks, more
 
 
-def _write(store: RedisStore, marks: list[_Mark], alias: str, report: SyncReport) -> None:
-    """Copy the records ``marks`` name to the table, in one transaction."""
+def _write(
+    store: RedisStore,
+    marks: list[_Mark],
+    alias: str,
+    report: SyncReport,
+    lock: _SyncLock | None = None,
+) -> None:
+    """Copy the records ``marks`` name to the table, in one transaction.
+
+    With ``lock``, the transaction commits only if the lock is still this sync's.
+    """
+    rows, gone = _read(store, marks, report)
+    _copy(rows, gone, alias, report, lock)
+
+
+def _read(
+    store: RedisStore, marks: list[_Mark], report: SyncReport
+) -> tuple[list[IdempotencyRecord], list[tuple[str, str]]]:
+    """The rows to upsert and the ``(scope, key)`` of rows to delete, as Redis has them now."""
     from ..models import IdempotencyRecord
 
     names = [json.loads(mark.member) for mark in marks]
     with store.connection.pipeline(transaction=False) as pipe:
         for scope, key in names:
+            pipe.exists(store.keys(scope, key).record)
             pipe.hmget(store.keys(scope, key).record, FIELDS)
-        snapshots = pipe.execute()
+        # A key holding another type answers HMGET with an error: that record is damaged.
+        replies = pipe.execute(raise_on_error=False)
     rows: list[IdempotencyRecord] = []
     gone: list[tuple[str, str]] = []
-    for (scope, key), mark, values in zip(names, marks, snapshots, strict=True):
-        if values[FIELDS.index("status")] is not None:
-            record = record_from_values(values)
+    for index, ((scope, key), mark) in enumerate(zip(names, marks, strict=True)):
+        exists, values = replies[2 * index], replies[2 * index + 1]
+        if isinstance(exists, Exception):
+            raise exists
+        if exists:
+            try:
+                if isinstance(values, Exception):
+                    raise ValueError(str(values))
+                record = record_from_values(values)
+            except ValueError as exc:
+                report.damaged += 1
+                logger.error(
+                    "django-onceonly: the audit sync cannot read the Redis record of key %r "
+                    "(scope %r): %s. It is left out; see 'Damaged records' in the Redis docs.",
+                    key,
+                    scope,
+                    exc,
+                )
+                continue
             rows.append(
                 IdempotencyRecord(
                     scope=scope, key=key, **{name: getattr(record, name) for name in COPIED_FIELDS}
@@ -174,6 +254,19 @@ def _write(store: RedisStore, marks: list[_Mark], alias: str, report: SyncReport
             gone.append((scope, key))
         # Otherwise Redis expired it (past expires_at and the grace): the table keeps its
         # last copy, which onceonly_purge removes like any expired row.
+    return rows, gone
+
+
+def _copy(
+    rows: list[IdempotencyRecord],
+    gone: list[tuple[str, str]],
+    alias: str,
+    report: SyncReport,
+    lock: _SyncLock | None,
+) -> None:
+    """Upsert ``rows`` and delete ``gone`` in one transaction (fenced by ``lock``)."""
+    from ..models import IdempotencyRecord
+
     # MySQL and MariaDB upsert on any unique key and take no conflict target.
     target = connections[alias].features.supports_update_conflicts_with_target
     with transaction.atomic(using=alias):
@@ -191,6 +284,10 @@ def _write(store: RedisStore, marks: list[_Mark], alias: str, report: SyncReport
                 condition |= Q(scope=scope, key=key)
             deleted, _ = manager.filter(condition).delete()
             report.deleted += deleted
+        if lock is not None:
+            # The last step before the commit: a sync that stalled past its lease rolls
+            # back here rather than overwrite what a newer sync copied meanwhile.
+            lock.renew()
     report.copied += len(rows)
 
 

@@ -1,10 +1,23 @@
 """The store contract: what a backend must do for ``check_lock`` to keep its promises.
 
 A store keeps one record per ``(scope, key)``. The :class:`~django_onceonly.locks.Lock`
-layer validates input, serialises results, computes times and fires signals; a store only
-has to make each operation below **one atomic step** against its backend. Subclass
-:class:`BaseStore` and point ``ONCEONLY_STORE`` at your class to plug in another backend;
-``tests/test_store_contract.py`` is the suite it must pass.
+layer validates input, serialises results, computes times and fires signals;
+:class:`BaseStore` validates what reaches the store, refuses ``transactional=True`` where
+the store cannot join a transaction and raises ``LockLost``. A store implements only the
+primitives below, each **one atomic step** against its backend:
+
+=========================== ==============================================================
+``_claim(request)``         claim ``(scope, key)`` or report the record that blocks it
+``_finish(...) -> bool``    store the outcome if the token still owns the record
+``_release(...) -> bool``   delete the record if the token still owns it
+``_extend(...) -> bool``    move the lease end if the token still owns the record
+``_release_if_unchanged``   delete the record if it is still the version seen
+``get(scope, key)``         read the record as stored
+``force_release``           delete the record whoever owns it
+=========================== ==============================================================
+
+Subclass :class:`BaseStore` and point ``ONCEONLY_STORE`` at your class to plug in another
+backend; :mod:`django_onceonly.testing.contract` is the suite it must pass.
 """
 
 from __future__ import annotations
@@ -12,13 +25,17 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
-IN_PROGRESS = "in_progress"
-COMPLETED = "completed"
-FAILED = "failed"
-UNKNOWN = "unknown"
-STATUSES = (IN_PROGRESS, COMPLETED, FAILED, UNKNOWN)
+from ..exceptions import LockLost
+from ..rules import AFTER_LEASE_CHOICES, FINISHED_STATUSES, Status, check_choice, lease_is_stale
+
+# Plain re-exports of the Status values, for modules that still import them from here.
+IN_PROGRESS: str = Status.IN_PROGRESS.value
+COMPLETED: str = Status.COMPLETED.value
+FAILED: str = Status.FAILED.value
+UNKNOWN: str = Status.UNKNOWN.value
+STATUSES: tuple[str, ...] = tuple(Status.values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +64,12 @@ class Record:
         return self.expires_at is not None and self.expires_at <= now
 
     def lease_is_stale(self, now: dt.datetime) -> bool:
-        return (
-            self.status == IN_PROGRESS
-            and self.lease_expires_at is not None
-            and self.lease_expires_at <= now
-        )
+        return lease_is_stale(self.status, self.lease_expires_at, now)
 
 
-# The record's fields in a fixed order: the columns DatabaseStore selects, the hash
-# fields RedisStore's scripts return, the values the audit sync copies.
+# The record's field names. Stores build their statements and scripts from these names
+# (DatabaseStore's columns, RedisStore's hash fields and script indices), never from
+# the position of a field, so the order of Record's fields carries no meaning.
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Record))
 TIME_FIELDS = frozenset(
     {
@@ -108,11 +122,11 @@ class ClaimResult:
 class BaseStore(abc.ABC):
     """The contract every store implements.
 
-    Rules that every method must keep:
+    Rules that every primitive must keep:
 
-    - **Atomic.** Each method is one atomic step. ``claim`` in particular must never be
-      read-then-write: of any number of concurrent claims on an absent key, in threads or
-      in processes, exactly one is acquired.
+    - **Atomic.** Each primitive is one atomic step. ``_claim`` in particular must never
+      be read-then-write: of any number of concurrent claims on an absent key, in threads
+      or in processes, exactly one is acquired.
     - **Expiry.** A record whose ``expires_at`` has passed counts as absent: a claim takes
       it over as if it were new.
     - **Stale leases.** An ``in_progress`` record whose ``lease_expires_at`` has passed is
@@ -120,10 +134,12 @@ class BaseStore(abc.ABC):
       differs from the request's, both being non-empty), or turned ``unknown`` when
       ``after_lease == "hold"``. Either happens in one conditional write, so that of
       two claims finding the same stale lease, one acts and the other sees its outcome.
-    - **Fencing.** ``finish``, ``release`` and ``extend`` act only if the record's
+    - **Fencing.** ``_finish``, ``_release`` and ``_extend`` act only if the record's
       ``owner_token`` is the given token and the record is still the owner's
-      (``in_progress``, or ``unknown`` after a ``"hold"``); otherwise they raise
-      :class:`~django_onceonly.exceptions.LockLost` and write nothing.
+      (``in_progress``, or ``unknown`` after a ``"hold"``; ``_extend``: ``in_progress``
+      only); otherwise they write nothing and return False (the base class then raises
+      :class:`~django_onceonly.exceptions.LockLost`). The same outcome sent again by its
+      owner (a command resent after its reply was lost) may return True.
     - **Resume.** When ``request.resume_token`` is not empty and the record is
       ``in_progress``, not expired and owned by ``resume_token``, the claim is acquired by
       handing the record over to ``request.token``: ``owner_token``, ``lease_expires_at``
@@ -136,15 +152,24 @@ class BaseStore(abc.ABC):
       sets ``last_duplicate_at`` to ``now``, in the same step.
     - **Errors.** A backend that cannot be reached raises
       :class:`~django_onceonly.exceptions.StoreUnavailable`; nothing is half-written.
-    - ``transactional=True`` asks that the write be part of the caller's open database
-      transaction; a store that cannot do that raises ``ValueError``.
+      A record the store cannot read (edited by hand, say) raises
+      :class:`~django_onceonly.exceptions.DamagedRecord`: never taken for absent.
+    - **Transactions.** ``transactional=True`` asks that the write be part of the
+      caller's open database transaction. Only a store whose ``supports_transactions``
+      is true receives it; for the others the base class raises ``ValueError``.
     """
 
-    @abc.abstractmethod
+    #: True when the store's writes can join the caller's database transaction.
+    supports_transactions: ClassVar[bool] = False
+
+    # -- the public methods (what the Lock layer, the admin and the commands call) ---------
+
     def claim(self, request: ClaimRequest) -> ClaimResult:
         """Claim ``(request.scope, request.key)`` for ``request.token``, atomically."""
+        self._check_transactional(request.transactional)
+        check_choice("after_lease", request.after_lease, AFTER_LEASE_CHOICES)
+        return self._claim(request)
 
-    @abc.abstractmethod
     def finish(
         self,
         scope: str,
@@ -164,12 +189,28 @@ class BaseStore(abc.ABC):
         The lease ends; ``expires_at`` is when the record stops blocking (``None``: never).
         Raises ``LockLost`` when ``token`` does not own the record.
         """
+        if status not in FINISHED_STATUSES:
+            raise ValueError(f"cannot finish with status {status!r}")
+        self._check_transactional(transactional)
+        done = self._finish(
+            scope,
+            key,
+            token,
+            status=status,
+            result_json=result_json,
+            error=error,
+            now=now,
+            expires_at=expires_at,
+            transactional=transactional,
+        )
+        self._check_owned(done, key, f"finish as {status}")
 
-    @abc.abstractmethod
     def release(self, scope: str, key: str, token: str, *, transactional: bool = False) -> None:
         """Delete the owner's record so that the next claim acquires it. ``LockLost`` otherwise."""
+        self._check_transactional(transactional)
+        done = self._release(scope, key, token, transactional=transactional)
+        self._check_owned(done, key, "release")
 
-    @abc.abstractmethod
     def extend(
         self,
         scope: str,
@@ -181,14 +222,16 @@ class BaseStore(abc.ABC):
         transactional: bool = False,
     ) -> None:
         """Move the owner's lease end to ``lease_expires_at``. ``LockLost`` otherwise."""
-
-    @abc.abstractmethod
-    def get(self, scope: str, key: str) -> Record | None:
-        """Return the record as stored (expired or not), or ``None``. Counts nothing."""
-
-    @abc.abstractmethod
-    def force_release(self, scope: str, key: str) -> bool:
-        """Delete the record whoever owns it (an operator's decision). True if one existed."""
+        self._check_transactional(transactional)
+        done = self._extend(
+            scope,
+            key,
+            token,
+            lease_expires_at=lease_expires_at,
+            now=now,
+            transactional=transactional,
+        )
+        self._check_owned(done, key, "extend")
 
     def release_if_unchanged(
         self,
@@ -214,6 +257,56 @@ class BaseStore(abc.ABC):
         )
 
     @abc.abstractmethod
+    def get(self, scope: str, key: str) -> Record | None:
+        """Return the record as stored (expired or not), or ``None``. Counts nothing."""
+
+    @abc.abstractmethod
+    def force_release(self, scope: str, key: str) -> bool:
+        """Delete the record whoever owns it (an operator's decision). True if one existed.
+
+        Works on a damaged record too: it is how an operator removes one.
+        """
+
+    # -- the primitives each store implements ------------------------------------------
+
+    @abc.abstractmethod
+    def _claim(self, request: ClaimRequest) -> ClaimResult:
+        """:meth:`claim` in one atomic step (``transactional`` and ``after_lease`` are valid)."""
+
+    @abc.abstractmethod
+    def _finish(
+        self,
+        scope: str,
+        key: str,
+        token: str,
+        *,
+        status: str,
+        result_json: str | None,
+        error: str,
+        now: dt.datetime,
+        expires_at: dt.datetime | None,
+        transactional: bool,
+    ) -> bool:
+        """Store the outcome if ``token`` owns the record; False (nothing written) if not."""
+
+    @abc.abstractmethod
+    def _release(self, scope: str, key: str, token: str, *, transactional: bool) -> bool:
+        """Delete the record if ``token`` owns it; False (nothing deleted) if not."""
+
+    @abc.abstractmethod
+    def _extend(
+        self,
+        scope: str,
+        key: str,
+        token: str,
+        *,
+        lease_expires_at: dt.datetime,
+        now: dt.datetime,
+        transactional: bool,
+    ) -> bool:
+        """Move the lease end if ``token`` owns the ``in_progress`` record; False if not."""
+
+    @abc.abstractmethod
     def _release_if_unchanged(
         self,
         scope: str,
@@ -225,3 +318,22 @@ class BaseStore(abc.ABC):
         now: dt.datetime,
     ) -> bool:
         """:meth:`release_if_unchanged` as one conditional delete (``status`` is valid)."""
+
+    # -- shared rules ---------------------------------------------------------------------
+
+    def _check_transactional(self, transactional: bool) -> None:
+        if transactional and not self.supports_transactions:
+            name = type(self).__qualname__
+            raise ValueError(
+                f"transactional=True is not possible with {name}: it cannot take part in a "
+                "database transaction. Use DatabaseStore for claims that must commit or "
+                "roll back with your transaction."
+            )
+
+    @staticmethod
+    def _check_owned(done: bool, key: str, what: str) -> None:
+        if not done:
+            raise LockLost(
+                f"cannot {what} key {key!r}: this owner no longer holds it "
+                "(its lease was taken over, or the key was released or finished)"
+            )

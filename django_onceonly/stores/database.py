@@ -10,6 +10,8 @@ Every hot-path operation is a single SQL statement:
 - complete, fail, extend: one conditional ``UPDATE`` fenced by the owner token;
 - release: one conditional ``DELETE`` fenced by the owner token.
 
+The statements themselves are built in ``sql.py``, by name.
+
 By default the statements run on a connection of their own when the caller is inside
 ``transaction.atomic()``, so the claim is durable even if the caller's transaction rolls
 back (the email has gone out; the claim must stay). With ``transactional=True`` they run
@@ -36,26 +38,15 @@ from django.db.backends.utils import CursorWrapper
 from django.utils.dateparse import parse_datetime
 
 from ..conf import conf
-from ..exceptions import LockLost, StoreUnavailable
-from .base import (
-    COMPLETED,
-    FAILED,
-    IN_PROGRESS,
-    RECORD_FIELDS,
-    TIME_FIELDS,
-    UNKNOWN,
-    BaseStore,
-    ClaimRequest,
-    ClaimResult,
-    Record,
-)
+from ..exceptions import DamagedRecord, StoreUnavailable
+from ..rules import Status
+from .base import TIME_FIELDS, BaseStore, ClaimRequest, ClaimResult, Record
+from .sql import COLUMNS, Params, Statement, Statements, jsonb_text
 
 logger = logging.getLogger("django_onceonly")
 
 T = TypeVar("T")
 
-COLUMNS = RECORD_FIELDS
-JSON_COLUMNS = frozenset({"result", "metadata"})
 DATETIME_COLUMNS = TIME_FIELDS
 # MySQL/MariaDB "deadlock found" and "lock wait timeout"; PostgreSQL deadlock and
 # serialization failure. In autocommit the statement was rolled back whole: safe to rerun.
@@ -163,6 +154,8 @@ class DatabaseStore(BaseStore):
     Works on PostgreSQL, MariaDB (10.5+), MySQL 8 and SQLite (3.35+).
     """
 
+    supports_transactions = True
+
     def __init__(self, using: str | None = None) -> None:
         self._using = using
 
@@ -221,7 +214,8 @@ class DatabaseStore(BaseStore):
                 time.sleep(0.001 * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _sql(self, conn: BaseDatabaseWrapper) -> _Statements:
+    def statements(self, conn: BaseDatabaseWrapper) -> Statements:
+        """The statements for ``conn``'s database, built once per vendor."""
         try:
             mariadb = getattr(conn, "mysql_is_mariadb", False)
         except DatabaseError as exc:
@@ -231,61 +225,81 @@ class DatabaseStore(BaseStore):
         key = (conn.vendor, mariadb)
         statements = _STATEMENTS.get(key)
         if statements is None:
-            statements = _STATEMENTS[key] = _Statements(conn)
+            statements = _STATEMENTS[key] = Statements(conn)
         return statements
 
     def _record(self, row: Sequence[Any]) -> Record:
-        # The claim may return one more column than the record has (see _Statements).
+        # The claim may return one more column than the record has (see Statements).
         values = dict(zip(COLUMNS, row[: len(COLUMNS)], strict=True))
-        for name in DATETIME_COLUMNS:
-            values[name] = _to_datetime(values[name])
-        values["result"] = _load_json(values["result"])
-        values["metadata"] = _load_json(values["metadata"]) or {}
-        values["duplicates_blocked"] = int(values["duplicates_blocked"])
+        try:
+            for name in DATETIME_COLUMNS:
+                values[name] = _to_datetime(values[name])
+            values["result"] = _load_json(values["result"])
+            values["metadata"] = _load_json(values["metadata"]) or {}
+            values["duplicates_blocked"] = int(values["duplicates_blocked"])
+        except (ValueError, TypeError) as exc:
+            raise DamagedRecord(
+                str(values["key"]), f"{type(exc).__name__}: {exc}", str(values["scope"])
+            ) from exc
         return Record(**values)
 
-    # -- the contract ----------------------------------------------------------------
+    def _write(
+        self, conn: BaseDatabaseWrapper, autocommit: bool, statement: Statement, values: Params
+    ) -> int:
+        """Run one write; return how many rows it changed."""
+        params = statement.params(values)
 
-    def claim(self, request: ClaimRequest) -> ClaimResult:
+        def write() -> int:
+            with self._cursor(conn) as cursor:
+                cursor.execute(statement.sql, params)
+                return int(cursor.rowcount)
+
+        return self._run(autocommit, write)
+
+    @staticmethod
+    def _json(conn: BaseDatabaseWrapper, text: str | None) -> str | None:
+        return jsonb_text(text) if text is not None and conn.vendor == "postgresql" else text
+
+    def claim_values(self, conn: BaseDatabaseWrapper, request: ClaimRequest) -> Params:
+        """The named parameters of the claim statements (``statements(conn).claim``...)."""
+        adapt = conn.ops.adapt_datetimefield_value
+        return {
+            "scope": request.scope,
+            "key": request.key,
+            "token": request.token,
+            "fingerprint": request.fingerprint,
+            "task_name": request.task_name,
+            "task_id": request.task_id,
+            "metadata": self._json(conn, request.metadata_json),
+            "now": adapt(request.now),
+            "lease_expires_at": adapt(request.lease_expires_at),
+        }
+
+    # -- the primitives --------------------------------------------------------------
+
+    def _claim(self, request: ClaimRequest) -> ClaimResult:
         conn, autocommit = self._connection(request.transactional)
-        return self._run(autocommit, lambda: self._claim(conn, request, autocommit))
+        return self._run(autocommit, lambda: self._claim_on(conn, request, autocommit))
 
-    def _claim(
+    def _claim_on(
         self, conn: BaseDatabaseWrapper, request: ClaimRequest, autocommit: bool = False
     ) -> ClaimResult:
-        sql = self._sql(conn)
-        adapt = conn.ops.adapt_datetimefield_value
-        now = adapt(request.now)
+        sql = self.statements(conn)
+        values = self.claim_values(conn, request)
         if request.resume_token:
-            resumed = self._resume(conn, request)
+            resumed = self._resume(conn, request, values)
             if resumed is not None:
                 return resumed
         for _attempt in range(MAX_ATTEMPTS):
             with self._cursor(conn) as cursor:
-                claim, extra = sql.claim, []
+                claim = sql.claim
                 # conn.autocommit is known once connected, that is inside this block.
                 if autocommit and conn.autocommit and sql.claim_autocommit:
-                    claim, extra = sql.claim_autocommit, [request.token]
-                cursor.execute(
-                    claim,
-                    [
-                        request.scope,
-                        request.key,
-                        IN_PROGRESS,
-                        request.token,
-                        request.fingerprint,
-                        request.task_name,
-                        request.task_id,
-                        request.metadata_json,
-                        now,
-                        now,
-                        adapt(request.lease_expires_at),
-                        *extra,
-                    ],
-                )
+                    claim = sql.claim_autocommit
+                cursor.execute(claim.sql, claim.params(values))
                 row = cursor.fetchone() if sql.returning else None
                 if row is None:
-                    cursor.execute(sql.select, [request.scope, request.key])
+                    cursor.execute(sql.select.sql, sql.select.params(values))
                     row = cursor.fetchone()
             if row is None:
                 continue  # released between the two statements (MySQL 8 only): try again
@@ -294,7 +308,7 @@ class DatabaseStore(BaseStore):
                 return ClaimResult(acquired=True, record=record)
             if not (record.is_expired(request.now) or record.lease_is_stale(request.now)):
                 return ClaimResult(acquired=False, record=record)
-            result = self._take_over(conn, request, record)
+            result = self._take_over(conn, request, record, values)
             if result is not None:
                 return result
             # Someone else acted on the same stale record first: look again.
@@ -302,30 +316,18 @@ class DatabaseStore(BaseStore):
             f"could not settle the claim on {request.key!r} after {MAX_ATTEMPTS} attempts"
         )
 
-    def _resume(self, conn: BaseDatabaseWrapper, request: ClaimRequest) -> ClaimResult | None:
+    def _resume(
+        self, conn: BaseDatabaseWrapper, request: ClaimRequest, values: Params
+    ) -> ClaimResult | None:
         """Hand the record from ``resume_token`` to ``token``; ``None`` if it is not ours."""
-        sql = self._sql(conn)
-        adapt = conn.ops.adapt_datetimefield_value
-        now = adapt(request.now)
+        sql = self.statements(conn)
         with self._cursor(conn) as cursor:
-            cursor.execute(
-                sql.resume,
-                [
-                    request.token,
-                    adapt(request.lease_expires_at),
-                    now,
-                    request.scope,
-                    request.key,
-                    request.resume_token,
-                    IN_PROGRESS,
-                    now,
-                ],
-            )
+            cursor.execute(sql.resume.sql, sql.resume.params(values, owner=request.resume_token))
             if cursor.rowcount != 1:
                 return None
             # The write above is the claim; this read only fills in the snapshot
             # (MariaDB has no UPDATE ... RETURNING).
-            cursor.execute(sql.select, [request.scope, request.key])
+            cursor.execute(sql.select.sql, sql.select.params(values))
             row = cursor.fetchone()
         if row is None:
             return None
@@ -335,42 +337,28 @@ class DatabaseStore(BaseStore):
         return ClaimResult(acquired=True, record=record)
 
     def _take_over(
-        self, conn: BaseDatabaseWrapper, request: ClaimRequest, seen: Record
+        self, conn: BaseDatabaseWrapper, request: ClaimRequest, seen: Record, values: Params
     ) -> ClaimResult | None:
         """Act on an expired record or a stale lease with one compare-and-swap.
 
         Returns ``None`` when the record changed since it was seen.
         """
-        sql = self._sql(conn)
-        adapt = conn.ops.adapt_datetimefield_value
-        now = adapt(request.now)
+        sql = self.statements(conn)
         expired = seen.is_expired(request.now)
         if not expired and request.after_lease == "hold":
             error = (
                 f"lease ended at {seen.lease_expires_at:%Y-%m-%d %H:%M:%S%z} without an outcome; "
                 "the owner may have crashed after acting. Release it to run again."
             )
+            params = sql.hold.params(values, owner=seen.owner_token, error=error)
             with self._cursor(conn) as cursor:
-                cursor.execute(
-                    sql.hold,
-                    [
-                        UNKNOWN,
-                        error,
-                        now,
-                        now,
-                        request.scope,
-                        request.key,
-                        seen.owner_token,
-                        IN_PROGRESS,
-                        now,
-                    ],
-                )
+                cursor.execute(sql.hold.sql, params)
                 if cursor.rowcount != 1:
                     return None
             held = Record(
                 **{
                     **{name: getattr(seen, name) for name in COLUMNS},
-                    "status": UNKNOWN,
+                    "status": Status.UNKNOWN.value,
                     "error": error,
                     "updated_at": request.now,
                     "duplicates_blocked": seen.duplicates_blocked + 1,
@@ -385,30 +373,15 @@ class DatabaseStore(BaseStore):
             and request.fingerprint != seen.fingerprint
         ):
             return ClaimResult(acquired=False, record=seen)
-        values = [
-            IN_PROGRESS,
-            request.token,
-            request.fingerprint,
-            request.task_name,
-            request.task_id,
-            request.metadata_json,
-            now,
-            adapt(request.lease_expires_at),
-        ]
-        if expired:
-            statement = sql.take_over_expired
-            values += [now, request.scope, request.key, seen.owner_token, now]
-        else:
-            statement = sql.take_over_stale
-            values += [request.scope, request.key, seen.owner_token, IN_PROGRESS, now]
+        statement = sql.take_over_expired if expired else sql.take_over_stale
         with self._cursor(conn) as cursor:
-            cursor.execute(statement, values)
+            cursor.execute(statement.sql, statement.params(values, owner=seen.owner_token))
             if cursor.rowcount != 1:
                 return None
         record = Record(
             scope=request.scope,
             key=request.key,
-            status=IN_PROGRESS,
+            status=Status.IN_PROGRESS.value,
             owner_token=request.token,
             fingerprint=request.fingerprint,
             task_name=request.task_name,
@@ -422,7 +395,7 @@ class DatabaseStore(BaseStore):
         )
         return ClaimResult(acquired=True, record=record, lease_expired=not expired)
 
-    def finish(
+    def _finish(
         self,
         scope: str,
         key: str,
@@ -433,55 +406,28 @@ class DatabaseStore(BaseStore):
         error: str,
         now: dt.datetime,
         expires_at: dt.datetime | None,
-        transactional: bool = False,
-    ) -> None:
-        if status not in (COMPLETED, FAILED, UNKNOWN):
-            raise ValueError(f"cannot finish with status {status!r}")
+        transactional: bool,
+    ) -> bool:
         conn, autocommit = self._connection(transactional)
         adapt = conn.ops.adapt_datetimefield_value
-        params = [
-            status,
-            result_json,
-            error,
-            adapt(now),
-            adapt(now),
-            adapt(expires_at),
-            scope,
-            key,
-            token,
-            IN_PROGRESS,
-            UNKNOWN,
-        ]
-        self._write_owned(
-            conn, autocommit, self._sql(conn).finish, params, key, f"finish as {status}"
-        )
+        values: Params = {
+            "scope": scope,
+            "key": key,
+            "owner": token,
+            "status": status,
+            "result": self._json(conn, result_json),
+            "error": error,
+            "now": adapt(now),
+            "expires_at": adapt(expires_at),
+        }
+        return self._write(conn, autocommit, self.statements(conn).finish, values) == 1
 
-    def _write_owned(
-        self,
-        conn: BaseDatabaseWrapper,
-        autocommit: bool,
-        statement: str,
-        params: list[Any],
-        key: str,
-        what: str,
-    ) -> None:
-        def write() -> int:
-            with self._cursor(conn) as cursor:
-                cursor.execute(statement, params)
-                return int(cursor.rowcount)
-
-        if self._run(autocommit, write) != 1:
-            raise LockLost(
-                f"cannot {what} key {key!r}: this owner no longer holds it "
-                "(its lease was taken over, or the key was released or finished)"
-            )
-
-    def release(self, scope: str, key: str, token: str, *, transactional: bool = False) -> None:
+    def _release(self, scope: str, key: str, token: str, *, transactional: bool) -> bool:
         conn, autocommit = self._connection(transactional)
-        params = [scope, key, token, IN_PROGRESS, UNKNOWN]
-        self._write_owned(conn, autocommit, self._sql(conn).release, params, key, "release")
+        values: Params = {"scope": scope, "key": key, "owner": token}
+        return self._write(conn, autocommit, self.statements(conn).release, values) == 1
 
-    def extend(
+    def _extend(
         self,
         scope: str,
         key: str,
@@ -489,33 +435,18 @@ class DatabaseStore(BaseStore):
         *,
         lease_expires_at: dt.datetime,
         now: dt.datetime,
-        transactional: bool = False,
-    ) -> None:
+        transactional: bool,
+    ) -> bool:
         conn, autocommit = self._connection(transactional)
         adapt = conn.ops.adapt_datetimefield_value
-        params = [adapt(lease_expires_at), adapt(now), scope, key, token, IN_PROGRESS]
-        self._write_owned(conn, autocommit, self._sql(conn).extend, params, key, "extend")
-
-    def get(self, scope: str, key: str) -> Record | None:
-        conn, autocommit = self._connection(False)
-
-        def read() -> Record | None:
-            with self._cursor(conn) as cursor:
-                cursor.execute(self._sql(conn).select, [scope, key])
-                row = cursor.fetchone()
-            return None if row is None else self._record(row)
-
-        return self._run(autocommit, read)
-
-    def force_release(self, scope: str, key: str) -> bool:
-        conn, autocommit = self._connection(False)
-
-        def delete() -> bool:
-            with self._cursor(conn) as cursor:
-                cursor.execute(self._sql(conn).force_release, [scope, key])
-                return bool(cursor.rowcount)
-
-        return self._run(autocommit, delete)
+        values: Params = {
+            "scope": scope,
+            "key": key,
+            "owner": token,
+            "lease_expires_at": adapt(lease_expires_at),
+            "now": adapt(now),
+        }
+        return self._write(conn, autocommit, self.statements(conn).extend, values) == 1
 
     def _release_if_unchanged(
         self,
@@ -527,135 +458,38 @@ class DatabaseStore(BaseStore):
         allow_live: bool,
         now: dt.datetime,
     ) -> bool:
+        # One DELETE with the whole condition in it: never QuerySet.delete(), which
+        # selects first and deletes by primary key once any delete receiver exists.
         conn, autocommit = self._connection(False)
-        sql = self._sql(conn)
-        statement = sql.release_if_unchanged
-        params: list[Any] = [scope, key, owner_token, status]
-        if not allow_live:
-            statement = sql.release_if_unchanged_unless_live
-            params += [IN_PROGRESS, conn.ops.adapt_datetimefield_value(now)]
+        sql = self.statements(conn)
+        statement = sql.release_if_unchanged if allow_live else sql.release_if_unchanged_unless_live
+        values: Params = {
+            "scope": scope,
+            "key": key,
+            "owner": owner_token,
+            "status": status,
+            "now": conn.ops.adapt_datetimefield_value(now),
+        }
+        return self._write(conn, autocommit, statement, values) == 1
 
-        def delete() -> bool:
-            # One DELETE with the whole condition in it: never QuerySet.delete(), which
-            # selects first and deletes by primary key once any delete receiver exists.
+    # -- reads and the operator's release ----------------------------------------------
+
+    def get(self, scope: str, key: str) -> Record | None:
+        conn, autocommit = self._connection(False)
+        select = self.statements(conn).select
+
+        def read() -> Record | None:
             with self._cursor(conn) as cursor:
-                cursor.execute(statement, params)
-                return bool(cursor.rowcount == 1)
+                cursor.execute(select.sql, select.params({"scope": scope, "key": key}))
+                row = cursor.fetchone()
+            return None if row is None else self._record(row)
 
-        return self._run(autocommit, delete)
+        return self._run(autocommit, read)
 
-
-class _Statements:
-    """The SQL for one database vendor, built once from the model's table."""
-
-    def __init__(self, conn: BaseDatabaseWrapper) -> None:
-        from ..models import IdempotencyRecord
-
-        meta = IdempotencyRecord._meta
-        q = conn.ops.quote_name
-        table = q(meta.db_table)
-        column = {name: q(meta.get_field(name).column or name) for name in COLUMNS}  # type: ignore[union-attr]
-        vendor = conn.vendor
-        mariadb = bool(getattr(conn, "mysql_is_mariadb", False))
-        self.returning = vendor in ("postgresql", "sqlite") or mariadb
-        json_param = "CAST(%s AS jsonb)" if vendor == "postgresql" else "%s"
-
-        def read(name: str) -> str:
-            if name in JSON_COLUMNS and vendor == "postgresql":
-                return f"{column[name]}::text"
-            return column[name]
-
-        selected = ", ".join(read(name) for name in COLUMNS)
-        c = column
-        insert = (
-            f"INSERT INTO {table} ({', '.join(column[name] for name in COLUMNS)}) VALUES "
-            f"(%s, %s, %s, %s, %s, NULL, '', %s, %s, {json_param}, %s, %s, NULL, %s, NULL, 0, NULL)"
-        )
-        if vendor == "mysql":
-            stale = (
-                f"({c['expires_at']} IS NOT NULL AND {c['expires_at']} <= VALUES({c['created_at']})) "
-                f"OR ({c['status']} = VALUES({c['status']}) "
-                f"AND {c['lease_expires_at']} <= VALUES({c['created_at']}))"
-            )
-            self.claim = (
-                f"{insert} ON DUPLICATE KEY UPDATE "
-                f"{c['duplicates_blocked']} = IF({stale}, {c['duplicates_blocked']}, "
-                f"{c['duplicates_blocked']} + 1), "
-                f"{c['last_duplicate_at']} = IF({stale}, {c['last_duplicate_at']}, "
-                f"VALUES({c['created_at']}))"
-            )
-        else:
-            t = table
-            stale = (
-                f"({t}.{c['expires_at']} IS NOT NULL AND {t}.{c['expires_at']} <= excluded.{c['created_at']}) "
-                f"OR ({t}.{c['status']} = excluded.{c['status']} "
-                f"AND {t}.{c['lease_expires_at']} <= excluded.{c['created_at']})"
-            )
-            self.claim = (
-                f"{insert} ON CONFLICT ({c['scope']}, {c['key']}) DO UPDATE SET "
-                f"{c['duplicates_blocked']} = CASE WHEN {stale} THEN {t}.{c['duplicates_blocked']} "
-                f"ELSE {t}.{c['duplicates_blocked']} + 1 END, "
-                f"{c['last_duplicate_at']} = CASE WHEN {stale} THEN {t}.{c['last_duplicate_at']} "
-                f"ELSE excluded.{c['created_at']} END"
-            )
-        if self.returning:
-            self.claim += f" RETURNING {selected}"
-        # A claim that finds the key taken writes nothing that matters (a counter and a
-        # time), yet in autocommit its commit would wait for the WAL flush like a real
-        # claim: on PostgreSQL that wait is most of a duplicate check's cost. Such a claim
-        # commits asynchronously instead (only that statement's own transaction; a server
-        # crash may lose the last few counts, never a claim). Not when the statement runs
-        # in the caller's transaction: that would make the caller's commit asynchronous.
-        self.claim_autocommit: str | None = None
-        if vendor == "postgresql":
-            self.claim_autocommit = (
-                f"{self.claim}, CASE WHEN {table}.{c['owner_token']} <> %s "
-                "THEN set_config('synchronous_commit', 'off', true) END"
-            )
-        where_key = f"{c['scope']} = %s AND {c['key']} = %s"
-        self.select = f"SELECT {selected} FROM {table} WHERE {where_key}"
-        owned = f"{where_key} AND {c['owner_token']} = %s"
-        self.hold = (
-            f"UPDATE {table} SET {c['status']} = %s, {c['error']} = %s, {c['updated_at']} = %s, "
-            f"{c['duplicates_blocked']} = {c['duplicates_blocked']} + 1, {c['last_duplicate_at']} = %s "
-            f"WHERE {owned} AND {c['status']} = %s AND {c['lease_expires_at']} <= %s"
-        )
-        claimed = (
-            f"{c['status']} = %s, {c['owner_token']} = %s, {c['fingerprint']} = %s, "
-            f"{c['task_name']} = %s, {c['task_id']} = %s, {c['metadata']} = {json_param}, "
-            f"{c['updated_at']} = %s, {c['lease_expires_at']} = %s"
-        )
-        self.take_over_expired = (
-            f"UPDATE {table} SET {claimed}, {c['created_at']} = %s, {c['result']} = NULL, "
-            f"{c['error']} = '', {c['completed_at']} = NULL, {c['expires_at']} = NULL, "
-            f"{c['duplicates_blocked']} = 0, {c['last_duplicate_at']} = NULL "
-            f"WHERE {owned} AND {c['expires_at']} <= %s"
-        )
-        self.resume = (
-            f"UPDATE {table} SET {c['owner_token']} = %s, {c['lease_expires_at']} = %s, "
-            f"{c['updated_at']} = %s WHERE {owned} AND {c['status']} = %s "
-            f"AND ({c['expires_at']} IS NULL OR {c['expires_at']} > %s)"
-        )
-        self.take_over_stale = (
-            f"UPDATE {table} SET {claimed} "
-            f"WHERE {owned} AND {c['status']} = %s AND {c['lease_expires_at']} <= %s"
-        )
-        self.finish = (
-            f"UPDATE {table} SET {c['status']} = %s, {c['result']} = {json_param}, {c['error']} = %s, "
-            f"{c['updated_at']} = %s, {c['completed_at']} = %s, {c['lease_expires_at']} = NULL, "
-            f"{c['expires_at']} = %s WHERE {owned} AND {c['status']} IN (%s, %s)"
-        )
-        self.release = f"DELETE FROM {table} WHERE {owned} AND {c['status']} IN (%s, %s)"
-        self.extend = (
-            f"UPDATE {table} SET {c['lease_expires_at']} = %s, {c['updated_at']} = %s "
-            f"WHERE {owned} AND {c['status']} = %s"
-        )
-        self.force_release = f"DELETE FROM {table} WHERE {where_key}"
-        self.release_if_unchanged = f"DELETE FROM {table} WHERE {owned} AND {c['status']} = %s"
-        self.release_if_unchanged_unless_live = (
-            f"{self.release_if_unchanged} AND NOT ({c['status']} = %s "
-            f"AND {c['lease_expires_at']} IS NOT NULL AND {c['lease_expires_at']} > %s)"
-        )
+    def force_release(self, scope: str, key: str) -> bool:
+        conn, autocommit = self._connection(False)
+        values: Params = {"scope": scope, "key": key}
+        return self._write(conn, autocommit, self.statements(conn).force_release, values) > 0
 
 
-_STATEMENTS: dict[tuple[str, bool], _Statements] = {}
+_STATEMENTS: dict[tuple[str, bool], Statements] = {}

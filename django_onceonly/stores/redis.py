@@ -1,8 +1,9 @@
 """``RedisStore``: records in Redis through django-redis, one server-side script per step.
 
-Every operation is one ``EVALSHA`` of a Lua script, so it is atomic and costs one round
-trip: claim (which, on a duplicate, counts it and returns the stored record in the same
-reply), finish, release, extend and force-release. Taking over an expired record or a
+Every operation is one ``EVALSHA`` of a Lua script (``redis_scripts.py``), so it is
+atomic and costs one round trip: claim (which, on a duplicate, counts it and returns the
+stored record in the same reply), get, finish, release, extend, release-if-unchanged and
+force-release. Taking over an expired record or a
 stale lease happens inside the claim script; there is no second step to race.
 
 Key layout (``make_key`` of the cache adds its ``KEY_PREFIX`` and ``VERSION``)::
@@ -46,7 +47,6 @@ from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
-    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -55,22 +55,29 @@ from redis.exceptions import (
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..conf import conf
-from ..exceptions import LockLost, StoreUnavailable
+from ..exceptions import DamagedRecord, StoreUnavailable
+from ..rules import Status
 from .base import (
-    COMPLETED,
-    FAILED,
-    IN_PROGRESS,
-    RECORD_FIELDS,
-    UNKNOWN,
+    STATUSES,
     BaseStore,
     ClaimRequest,
     ClaimResult,
     Record,
 )
+from .redis_scripts import (
+    CLAIM,
+    DAMAGED_REPLY,
+    EXTEND,
+    FIELDS,
+    FINISH,
+    FORCE_RELEASE,
+    GET,
+    RELEASE,
+    RELEASE_IF_UNCHANGED,
+    Script,
+)
 
 SHARDS = 256
-# The hash fields of a record, in the order scripts return them.
-FIELDS = RECORD_FIELDS
 # Redis answers these when it is up but cannot take the write; nothing was written.
 # (redis-py turns OOM, READONLY, TRYAGAIN and LOADING into exception classes of their own.)
 UNAVAILABLE_ERRORS = (
@@ -87,27 +94,18 @@ UNAVAILABLE_REPLIES = ("MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS", "MISCONF")
 AUDIT_GRACE_MS = 300_000
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_UTC = dt.UTC
 
 
 def to_micros(value: dt.datetime) -> int:
-    """Microseconds since the epoch; a naive datetime is read as UTC (see ``from_micros``)."""
+    """Microseconds since the epoch; a naive datetime is read as UTC.
+
+    Naive datetimes go in and come out unchanged (see :func:`record_from_values`), so
+    comparisons between them hold; only differences of times ever reach Redis's clock.
+    """
     if value.tzinfo is None:
-        value = value.replace(tzinfo=_UTC)
+        value = value.replace(tzinfo=dt.UTC)
     delta = value - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(raw: bytes | str | bool | None) -> dt.datetime | None:
-    """The datetime stored by ``to_micros``: aware UTC with ``USE_TZ``, naive otherwise.
-
-    Naive datetimes go in and come out unchanged, so comparisons between them hold;
-    only differences of times ever reach Redis's own clock.
-    """
-    if raw is None or raw is False:
-        return None
-    value = _EPOCH + dt.timedelta(microseconds=int(raw))
-    return value if settings.USE_TZ else value.replace(tzinfo=None)
 
 
 def _text(raw: bytes | str | bool | None) -> str:
@@ -119,283 +117,63 @@ def _text(raw: bytes | str | bool | None) -> str:
 def record_from_values(
     values: Sequence[bytes | str | bool | None], result: bytes | str | None = None
 ) -> Record:
-    """A :class:`Record` from the values of :data:`FIELDS` in order.
+    """A :class:`Record` from the values of :data:`FIELDS` (``HMGET`` order).
 
-    ``values`` come from ``HMGET`` (``None`` for a missing field) or from a claim
-    script's JSON reply (``False`` for a missing field, the result passed apart).
+    ``values`` come from ``HMGET`` (``None`` for a missing field) or from a script's
+    JSON reply (``False`` for a missing field, the result passed apart). Raises
+    ``ValueError`` saying what is wrong when the values are not a record (edited by
+    hand, say); the store turns that into :class:`~django_onceonly.DamagedRecord`.
     """
-    (
-        scope,
-        key,
-        status,
-        owner_token,
-        fingerprint,
-        stored_result,
-        error,
-        task_name,
-        task_id,
-        metadata,
-        created_at,
-        updated_at,
-        completed_at,
-        lease_expires_at,
-        expires_at,
-        duplicates_blocked,
-        last_duplicate_at,
-    ) = values
-    if stored_result:
-        result = stored_result  # type: ignore[assignment]
+    raw = dict(zip(FIELDS, values, strict=True))
+    if raw["result"]:
+        result = raw["result"]  # type: ignore[assignment]
     # This runs on every duplicate check: settings are read once, not per field.
     aware = settings.USE_TZ
 
-    def when(raw: bytes | str | bool | None) -> dt.datetime | None:
-        if not raw:
+    def when(name: str) -> dt.datetime | None:
+        value = raw[name]
+        if not value:
             return None
-        value = _EPOCH + dt.timedelta(microseconds=int(raw))
-        return value if aware else value.replace(tzinfo=None)
+        moment = _EPOCH + dt.timedelta(microseconds=int(value))
+        return moment if aware else moment.replace(tzinfo=None)
 
-    return Record(
-        scope=_text(scope),
-        key=_text(key),
-        status=_text(status),
-        owner_token=_text(owner_token),
-        fingerprint=_text(fingerprint),
-        result=None if result is None else json.loads(result),
-        error=_text(error),
-        task_name=_text(task_name),
-        task_id=_text(task_id),
-        metadata=json.loads(metadata) if metadata and metadata not in (b"{}", "{}") else {},  # type: ignore[arg-type]
-        created_at=when(created_at),
-        updated_at=when(updated_at),
-        completed_at=when(completed_at),
-        lease_expires_at=when(lease_expires_at),
-        expires_at=when(expires_at),
-        duplicates_blocked=int(duplicates_blocked or 0),
-        last_duplicate_at=when(last_duplicate_at),
-    )
-
-
-# -- the scripts -------------------------------------------------------------------------
-# KEYS[1] is the record; KEYS[2] and KEYS[3] (the shard's dirty hash and its counter)
-# are passed only when the audit trail is on. ARGV[1] is always the record's member name
-# in the dirty hash (JSON [scope, key]). Numbers stay strings: Lua's tostring() would
-# print microsecond timestamps in exponent notation.
-
-_COMMON = """
-local rec = KEYS[1]
-local FIELDS = {FIELD_NAMES}
-local function mark(kind)
-  if #KEYS >= 3 then
-    local seq = redis.call('INCR', KEYS[3])
-    redis.call('HSET', KEYS[2], ARGV[1], kind .. seq)
-  end
-end
-""".replace("FIELD_NAMES", ", ".join(f"'{name}'" for name in FIELDS))
-
-# ARGV: member, now, token, lease_expires_at, after_lease, fingerprint, metadata,
-# task_name, task_id, scope, key, utc offset text for the hold message, resume_token.
-# Reply: {outcome} for a new record, else {outcome, JSON array of the record's fields as
-# they are now (false for a missing one, the result left out), result or false}: one
-# bulk string parses much faster than seventeen.
-_CLAIM = """
-local now = tonumber(ARGV[2])
-local token = ARGV[3]
--- 1 scope 2 key 3 status 4 owner_token 5 fingerprint 6 result 7 error 8 task_name
--- 9 task_id 10 metadata 11 created_at 12 updated_at 13 completed_at 14 lease_expires_at
--- 15 expires_at 16 duplicates_blocked 17 last_duplicate_at
-local v = redis.call('HMGET', rec, unpack(FIELDS))
-local function create()
-  redis.call('HSET', rec, 'scope', ARGV[10], 'key', ARGV[11], 'status', 'in_progress',
-    'owner_token', token, 'fingerprint', ARGV[6], 'error', '', 'task_name', ARGV[8],
-    'task_id', ARGV[9], 'metadata', ARGV[7], 'created_at', ARGV[2], 'updated_at', ARGV[2],
-    'lease_expires_at', ARGV[4], 'duplicates_blocked', '0')
-  mark('w')
-  return {'acquired'}
-end
-local function reply(outcome)
-  mark('w')
-  local result = v[6]
-  v[6] = false
-  return {outcome, cjson.encode(v), result}
-end
--- civil date of a day count (H. Hinnant's algorithm), for the hold message
-local function utc(micros)
-  local s = math.floor(tonumber(micros) / 1000000)
-  local days = math.floor(s / 86400)
-  local rem = s - days * 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return string.format('%04d-%02d-%02d %02d:%02d:%02d', y, m, d,
-    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60)
-end
-
-local status = v[3]
-if not status then
-  return create()
-end
-if v[15] and tonumber(v[15]) <= now then
-  -- past its expiry: absent, whoever owned it
-  redis.call('DEL', rec)
-  return create()
-end
-if status == 'in_progress' and (v[4] == token or (ARGV[13] ~= '' and v[4] == ARGV[13])) then
-  -- the owner's own earlier claim (a Celery retry hands it over to its new token), or
-  -- this very claim again (redis-py resent a command whose reply was lost): stale or not
-  redis.call('HSET', rec, 'owner_token', token, 'lease_expires_at', ARGV[4],
-    'updated_at', ARGV[2])
-  v[4] = token
-  v[14] = ARGV[4]
-  v[12] = ARGV[2]
-  return reply('resumed')
-end
-if status == 'in_progress' and v[14] and tonumber(v[14]) <= now then
-  if ARGV[5] == 'hold' then
-    v[3] = 'unknown'
-    v[7] = 'lease ended at ' .. utc(v[14]) .. ARGV[12] .. ' without an outcome;'
-      .. ' the owner may have crashed after acting. Release it to run again.'
-    v[12] = ARGV[2]
-    v[17] = ARGV[2]
-    redis.call('HSET', rec, 'status', v[3], 'error', v[7], 'updated_at', ARGV[2],
-      'last_duplicate_at', ARGV[2])
-    v[16] = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
-    return reply('held')
-  end
-  local seen = v[5] or ''
-  if ARGV[6] == '' or seen == '' or seen == ARGV[6] then
-    redis.call('HSET', rec, 'owner_token', token, 'fingerprint', ARGV[6],
-      'task_name', ARGV[8], 'task_id', ARGV[9], 'metadata', ARGV[7],
-      'updated_at', ARGV[2], 'lease_expires_at', ARGV[4])
-    v[4] = token
-    v[5] = ARGV[6]
-    v[8] = ARGV[8]
-    v[9] = ARGV[9]
-    v[10] = ARGV[7]
-    v[12] = ARGV[2]
-    v[14] = ARGV[4]
-    return reply('reclaimed')
-  end
-end
-v[16] = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
-v[17] = ARGV[2]
-redis.call('HSET', rec, 'last_duplicate_at', ARGV[2])
-return reply('duplicate')
-"""
-
-# ARGV: member, token, status, result ('' when has_result is '0'), has_result, error,
-# now, expires_at ('' for never), milliseconds until Redis may drop it.
-_FINISH = """
-local cur = redis.call('HMGET', rec, 'status', 'owner_token', 'result', 'error')
-if cur[2] ~= ARGV[2] then return 0 end
-if cur[1] ~= 'in_progress' and cur[1] ~= 'unknown' then
-  -- the same outcome again from its owner is a retried command whose reply was lost
-  local same_result = (ARGV[5] == '1' and cur[3] == ARGV[4]) or (ARGV[5] == '0' and not cur[3])
-  if cur[1] == ARGV[3] and same_result and cur[4] == ARGV[6] then return 1 end
-  return 0
-end
-if ARGV[5] == '1' and ARGV[8] ~= '' then
-  -- the common case, a result and an expiry: one write
-  redis.call('HSET', rec, 'status', ARGV[3], 'error', ARGV[6], 'updated_at', ARGV[7],
-    'completed_at', ARGV[7], 'result', ARGV[4], 'expires_at', ARGV[8])
-  redis.call('HDEL', rec, 'lease_expires_at')
-else
-  redis.call('HSET', rec, 'status', ARGV[3], 'error', ARGV[6], 'updated_at', ARGV[7],
-    'completed_at', ARGV[7])
-  if ARGV[5] == '1' then
-    redis.call('HSET', rec, 'result', ARGV[4])
-  else
-    redis.call('HDEL', rec, 'result')
-  end
-  if ARGV[8] ~= '' then
-    redis.call('HSET', rec, 'expires_at', ARGV[8])
-    redis.call('HDEL', rec, 'lease_expires_at')
-  else
-    redis.call('HDEL', rec, 'lease_expires_at', 'expires_at')
-  end
-end
-if ARGV[8] ~= '' then
-  redis.call('PEXPIRE', rec, ARGV[9])
-else
-  redis.call('PERSIST', rec)
-end
-mark('w')
-return 1
-"""
-
-# ARGV: member, token
-_RELEASE = """
-local cur = redis.call('HMGET', rec, 'status', 'owner_token')
-if cur[2] ~= ARGV[2] or (cur[1] ~= 'in_progress' and cur[1] ~= 'unknown') then return 0 end
-redis.call('DEL', rec)
-mark('d')
-return 1
-"""
-
-# ARGV: member, token, lease_expires_at, now
-_EXTEND = """
-local cur = redis.call('HMGET', rec, 'status', 'owner_token')
-if cur[2] ~= ARGV[2] or cur[1] ~= 'in_progress' then return 0 end
-redis.call('HSET', rec, 'lease_expires_at', ARGV[3], 'updated_at', ARGV[4])
-mark('w')
-return 1
-"""
-
-# ARGV: member, owner_token, status, allow_live ('1' or '0'), now
-_RELEASE_IF_UNCHANGED = """
-local cur = redis.call('HMGET', rec, 'status', 'owner_token', 'lease_expires_at')
-if not cur[1] or cur[1] ~= ARGV[3] or cur[2] ~= ARGV[2] then return 0 end
-if ARGV[4] ~= '1' and cur[1] == 'in_progress' and cur[3]
-    and tonumber(cur[3]) > tonumber(ARGV[5]) then
-  return 0
-end
-redis.call('DEL', rec)
-mark('d')
-return 1
-"""
-
-# ARGV: member
-_FORCE_RELEASE = """
-local n = redis.call('DEL', rec)
-if n == 1 then mark('d') end
-return n
-"""
-
-
-class Script:
-    """A Lua script run with ``EVALSHA``, loaded on the first ``NOSCRIPT`` (one round trip)."""
-
-    def __init__(self, body: str, *, common: bool = True) -> None:
-        self.source = _COMMON + body if common else body
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
-
-    def load(self, conn: Redis) -> None:
-        """Make sure the server knows the script, before queueing it in a pipeline."""
-        if not conn.script_exists(self.sha)[0]:
-            conn.script_load(self.source)
-
-    def __call__(self, conn: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        try:
-            return conn.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # A restarted or flushed server forgot it. NOSCRIPT means nothing ran.
-            conn.script_load(self.source)
-            return conn.evalsha(self.sha, len(keys), *keys, *args)
-
-
-CLAIM = Script(_CLAIM)
-FINISH = Script(_FINISH)
-RELEASE = Script(_RELEASE)
-EXTEND = Script(_EXTEND)
-FORCE_RELEASE = Script(_FORCE_RELEASE)
-RELEASE_IF_UNCHANGED = Script(_RELEASE_IF_UNCHANGED)
+    try:
+        status = _text(raw["status"])
+        if status not in STATUSES:
+            raise ValueError(f"status {status[:40]!r} is not a status" if status else "no status")
+        owner_token = _text(raw["owner_token"])
+        if not owner_token:
+            raise ValueError("no owner_token")
+        metadata_text = raw["metadata"]
+        metadata = (
+            json.loads(metadata_text)  # type: ignore[arg-type]
+            if metadata_text and metadata_text not in (b"{}", "{}")
+            else {}
+        )
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata is not a JSON object")
+        return Record(
+            scope=_text(raw["scope"]),
+            key=_text(raw["key"]),
+            status=status,
+            owner_token=owner_token,
+            fingerprint=_text(raw["fingerprint"]),
+            result=None if result is None else json.loads(result),
+            error=_text(raw["error"]),
+            task_name=_text(raw["task_name"]),
+            task_id=_text(raw["task_id"]),
+            metadata=metadata,
+            created_at=when("created_at"),
+            updated_at=when("updated_at"),
+            completed_at=when("completed_at"),
+            lease_expires_at=when("lease_expires_at"),
+            expires_at=when("expires_at"),
+            duplicates_blocked=int(raw["duplicates_blocked"] or 0),
+            last_duplicate_at=when("last_duplicate_at"),
+        )
+    except (ValueError, TypeError, OverflowError) as exc:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors too.
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,55 +298,74 @@ class RedisStore(BaseStore):
     def _script_keys(self, keys: RecordKeys) -> list[str]:
         return [keys.record, keys.dirty, keys.seq] if self.audit else [keys.record]
 
-    def _run(self, script: Script, keys: RecordKeys, args: Sequence[str | int]) -> Any:
+    def _run(self, script: Script, scope: str, key: str, args: Sequence[str | int]) -> Any:
+        keys = self.keys(scope, key)
+        return self._call(script, scope, key, self._script_keys(keys), [keys.member, *args])
+
+    def _call(
+        self,
+        script: Script,
+        scope: str,
+        key: str,
+        script_keys: Sequence[str],
+        args: Sequence[str | int],
+    ) -> Any:
         try:
-            return script(self.connection, self._script_keys(keys), [keys.member, *args])
+            return script(self.connection, script_keys, args)
         except UNAVAILABLE_ERRORS as exc:
             raise _unavailable(self.alias, exc) from exc
         except ResponseError as exc:
-            if str(exc).startswith(UNAVAILABLE_REPLIES):
+            text = str(exc)
+            if text.startswith(UNAVAILABLE_REPLIES):
                 raise _unavailable(self.alias, exc) from exc
+            if text.startswith(DAMAGED_REPLY):
+                # Redis may append where in the script the error was raised.
+                detail = text[len(DAMAGED_REPLY) :].split(" script:", 1)[0]
+                raise self._damaged(scope, key, self.keys(scope, key), detail) from exc
             raise
 
-    @staticmethod
-    def _refuse_transactional(transactional: bool) -> None:
-        if transactional:
-            raise ValueError(
-                "transactional=True is not possible with RedisStore: Redis cannot take part "
-                "in a database transaction. Use DatabaseStore for claims that must commit or "
-                "roll back with your transaction."
-            )
+    def _damaged(self, scope: str, key: str, keys: RecordKeys, detail: str) -> DamagedRecord:
+        return DamagedRecord(key, f"Redis key {keys.record!r}: {detail}", scope)
 
-    # -- the contract ----------------------------------------------------------------
+    def _record(self, scope: str, key: str, reply: Sequence[Any]) -> Record:
+        """The record of a script's ``reply(...)``: ``{outcome, fields JSON, result}``."""
+        try:
+            return record_from_values(json.loads(reply[1]), reply[2] or None)
+        except ValueError as exc:
+            raise self._damaged(scope, key, self.keys(scope, key), str(exc)) from exc
 
-    def claim(self, request: ClaimRequest) -> ClaimResult:
-        self._refuse_transactional(request.transactional)
-        aware = request.now.tzinfo is not None
+    # -- the primitives --------------------------------------------------------------
+
+    def claim_call(self, request: ClaimRequest) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of the claim script (``CLAIM``) for ``request``."""
         keys = self.keys(request.scope, request.key)
-        reply = self._run(
-            CLAIM,
-            keys,
-            [
-                to_micros(request.now),
-                request.token,
-                to_micros(request.lease_expires_at),
-                request.after_lease,
-                request.fingerprint,
-                request.metadata_json,
-                request.task_name,
-                request.task_id,
-                request.scope,
-                request.key,
-                "+0000" if aware else "",
-                request.resume_token,
-            ],
-        )
+        aware = request.now.tzinfo is not None
+        args: list[str | int] = [
+            keys.member,
+            to_micros(request.now),
+            request.token,
+            to_micros(request.lease_expires_at),
+            request.after_lease,
+            request.fingerprint,
+            request.metadata_json,
+            request.task_name,
+            request.task_id,
+            request.scope,
+            request.key,
+            "+0000" if aware else "",
+            request.resume_token,
+        ]
+        return self._script_keys(keys), args
+
+    def _claim(self, request: ClaimRequest) -> ClaimResult:
+        script_keys, args = self.claim_call(request)
+        reply = self._call(CLAIM, request.scope, request.key, script_keys, args)
         outcome = _text(reply[0])
         if outcome == "acquired":
             record = Record(
                 scope=request.scope,
                 key=request.key,
-                status=IN_PROGRESS,
+                status=Status.IN_PROGRESS.value,
                 owner_token=request.token,
                 fingerprint=request.fingerprint,
                 task_name=request.task_name,
@@ -579,12 +376,12 @@ class RedisStore(BaseStore):
                 lease_expires_at=request.lease_expires_at,
             )
             return ClaimResult(acquired=True, record=record)
-        record = record_from_values(json.loads(reply[1]), reply[2])
+        record = self._record(request.scope, request.key, reply)
         if outcome in ("resumed", "reclaimed"):
             return ClaimResult(acquired=True, record=record, lease_expired=outcome == "reclaimed")
         return ClaimResult(acquired=False, record=record, lease_expired=outcome == "held")
 
-    def finish(
+    def _finish(
         self,
         scope: str,
         key: str,
@@ -595,11 +392,8 @@ class RedisStore(BaseStore):
         error: str,
         now: dt.datetime,
         expires_at: dt.datetime | None,
-        transactional: bool = False,
-    ) -> None:
-        self._refuse_transactional(transactional)
-        if status not in (COMPLETED, FAILED, UNKNOWN):
-            raise ValueError(f"cannot finish with status {status!r}")
+        transactional: bool,
+    ) -> bool:
         keep_ms = ""
         if expires_at is not None:
             remaining = (to_micros(expires_at) - to_micros(now)) / 1000
@@ -607,7 +401,8 @@ class RedisStore(BaseStore):
             keep_ms = str(max(1, math.ceil(remaining)) + grace)
         done = self._run(
             FINISH,
-            self.keys(scope, key),
+            scope,
+            key,
             [
                 token,
                 status,
@@ -619,22 +414,12 @@ class RedisStore(BaseStore):
                 keep_ms,
             ],
         )
-        self._check_owned(done, key, f"finish as {status}")
+        return int(done) == 1
 
-    @staticmethod
-    def _check_owned(done: Any, key: str, what: str) -> None:
-        if int(done) != 1:
-            raise LockLost(
-                f"cannot {what} key {key!r}: this owner no longer holds it "
-                "(its lease was taken over, or the key was released or finished)"
-            )
+    def _release(self, scope: str, key: str, token: str, *, transactional: bool) -> bool:
+        return int(self._run(RELEASE, scope, key, [token])) == 1
 
-    def release(self, scope: str, key: str, token: str, *, transactional: bool = False) -> None:
-        self._refuse_transactional(transactional)
-        done = self._run(RELEASE, self.keys(scope, key), [token])
-        self._check_owned(done, key, "release")
-
-    def extend(
+    def _extend(
         self,
         scope: str,
         key: str,
@@ -642,26 +427,10 @@ class RedisStore(BaseStore):
         *,
         lease_expires_at: dt.datetime,
         now: dt.datetime,
-        transactional: bool = False,
-    ) -> None:
-        self._refuse_transactional(transactional)
-        done = self._run(
-            EXTEND, self.keys(scope, key), [token, to_micros(lease_expires_at), to_micros(now)]
-        )
-        self._check_owned(done, key, "extend")
-
-    def get(self, scope: str, key: str) -> Record | None:
-        keys = self.keys(scope, key)
-        try:
-            values = self.connection.hmget(keys.record, FIELDS)
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable(self.alias, exc) from exc
-        if values[2] is None:
-            return None
-        return record_from_values(values)
-
-    def force_release(self, scope: str, key: str) -> bool:
-        return bool(self._run(FORCE_RELEASE, self.keys(scope, key), []))
+        transactional: bool,
+    ) -> bool:
+        args: list[str | int] = [token, to_micros(lease_expires_at), to_micros(now)]
+        return int(self._run(EXTEND, scope, key, args)) == 1
 
     def _release_if_unchanged(
         self,
@@ -673,9 +442,16 @@ class RedisStore(BaseStore):
         allow_live: bool,
         now: dt.datetime,
     ) -> bool:
-        done = self._run(
-            RELEASE_IF_UNCHANGED,
-            self.keys(scope, key),
-            [owner_token, status, "1" if allow_live else "0", to_micros(now)],
-        )
-        return int(done) == 1
+        args = [owner_token, status, "1" if allow_live else "0", to_micros(now)]
+        return int(self._run(RELEASE_IF_UNCHANGED, scope, key, args)) == 1
+
+    # -- reads and the operator's release ----------------------------------------------
+
+    def get(self, scope: str, key: str) -> Record | None:
+        reply = self._run(GET, scope, key, [])
+        if not reply:
+            return None
+        return self._record(scope, key, reply)
+
+    def force_release(self, scope: str, key: str) -> bool:
+        return bool(self._run(FORCE_RELEASE, scope, key, []))

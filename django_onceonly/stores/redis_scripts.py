@@ -1,0 +1,308 @@
+"""The Lua scripts of ``RedisStore``: one per step, each atomic on the server.
+
+Built from the record's field names (``FIELDS``): every script reads a record with
+``load()`` into an array indexed through ``F``, a name-to-position table generated from
+those names, so nothing here depends on the order of ``Record``'s fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import NoScriptError
+
+from .base import RECORD_FIELDS, STATUSES
+
+# The hash fields of a record. Scripts and readers go by these names, never by position.
+FIELDS = RECORD_FIELDS
+# The error a script raises when the record under its key cannot be read.
+DAMAGED_REPLY = "ONCEONLY_DAMAGED "
+
+# -- the scripts -------------------------------------------------------------------------
+# KEYS[1] is the record; KEYS[2] and KEYS[3] (the shard's dirty hash and its counter)
+# are passed only when the audit trail is on. ARGV[1] is always the record's member name
+# in the dirty hash (JSON [scope, key]). Numbers stay strings: Lua's tostring() would
+# print microsecond timestamps in exponent notation. Scripts read a record with load()
+# and index it by name (F is generated from FIELDS); load() stops the script, before any
+# write, when the record is damaged: a Lua error whose text starts with DAMAGED_REPLY.
+
+
+def _lua_list(names: Sequence[str]) -> str:
+    return "{" + ", ".join(f"'{name}'" for name in names) + "}"
+
+
+def _lua_set(names: Sequence[str]) -> str:
+    return "{" + ", ".join(f"{name} = true" for name in names) + "}"
+
+
+def _lua_index(names: Sequence[str]) -> str:
+    return "{" + ", ".join(f"{name} = {n}" for n, name in enumerate(names, 1)) + "}"
+
+
+_COMMON = (
+    """
+local rec = KEYS[1]
+-- The record's hash fields, and the position of each in a load(): v[F.status] and so on.
+local FIELDS = @FIELDS@
+local F = @INDEX@
+local STATUSES = @STATUSES@
+-- Fields the scripts compare or increment as numbers before they write.
+local NUMBERS = {F.expires_at, F.lease_expires_at, F.duplicates_blocked}
+local function mark(kind)
+  if #KEYS >= 3 then
+    local seq = redis.call('INCR', KEYS[3])
+    redis.call('HSET', KEYS[2], ARGV[1], kind .. seq)
+  end
+end
+local function damaged(detail)
+  error({err = '@DAMAGED@' .. detail})
+end
+-- The record's fields in FIELDS order (false for a missing one), or nil when there is
+-- none. Stops the script, before anything is written, when the key holds something the
+-- scripts cannot work on; Python checks the rest when it reads the reply. The common
+-- cases cost one HMGET.
+local function load()
+  local v = redis.pcall('HMGET', rec, unpack(FIELDS))
+  if v.err then
+    damaged('the key holds a Redis ' .. redis.call('TYPE', rec)['ok'] .. ', not a hash')
+  end
+  local status = v[F.status]
+  if not status then
+    if redis.call('EXISTS', rec) == 0 then return nil end
+    damaged('no status field')
+  end
+  if not STATUSES[status] then damaged('status is not a status') end
+  if not v[F.owner_token] or v[F.owner_token] == '' then damaged('no owner_token field') end
+  for _, i in ipairs(NUMBERS) do
+    if v[i] and not string.match(v[i], '^%-?%d+$') then
+      damaged(FIELDS[i] .. ' is not an integer')
+    end
+  end
+  return v
+end
+-- {outcome, JSON array of the fields in FIELDS order (false for a missing one, the
+-- result left out), result or false}: one bulk string parses much faster than many.
+local function reply(outcome, v)
+  local result = v[F.result]
+  v[F.result] = false
+  return {outcome, cjson.encode(v), result}
+end
+""".replace("@FIELDS@", _lua_list(FIELDS))
+    .replace("@INDEX@", _lua_index(FIELDS))
+    .replace("@STATUSES@", _lua_set(STATUSES))
+    .replace("@DAMAGED@", DAMAGED_REPLY)
+)
+
+# ARGV: member, now, token, lease_expires_at, after_lease, fingerprint, metadata,
+# task_name, task_id, scope, key, utc offset text for the hold message, resume_token.
+# Reply: {outcome} for a new record, else reply(outcome, the record as it is now).
+_CLAIM = """
+local now = tonumber(ARGV[2])
+local token = ARGV[3]
+local v = load()
+local function create()
+  redis.call('HSET', rec, 'scope', ARGV[10], 'key', ARGV[11], 'status', 'in_progress',
+    'owner_token', token, 'fingerprint', ARGV[6], 'error', '', 'task_name', ARGV[8],
+    'task_id', ARGV[9], 'metadata', ARGV[7], 'created_at', ARGV[2], 'updated_at', ARGV[2],
+    'lease_expires_at', ARGV[4], 'duplicates_blocked', '0')
+  mark('w')
+  return {'acquired'}
+end
+local function answer(outcome)
+  mark('w')
+  return reply(outcome, v)
+end
+-- civil date of a day count (H. Hinnant's algorithm), for the hold message
+local function utc(micros)
+  local s = math.floor(tonumber(micros) / 1000000)
+  local days = math.floor(s / 86400)
+  local rem = s - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02d %02d:%02d:%02d', y, m, d,
+    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60)
+end
+
+if not v then
+  return create()
+end
+if v[F.expires_at] and tonumber(v[F.expires_at]) <= now then
+  -- past its expiry: absent, whoever owned it
+  redis.call('DEL', rec)
+  return create()
+end
+local status = v[F.status]
+local owner = v[F.owner_token]
+if status == 'in_progress' and (owner == token or (ARGV[13] ~= '' and owner == ARGV[13])) then
+  -- the owner's own earlier claim (a Celery retry hands it over to its new token), or
+  -- this very claim again (redis-py resent a command whose reply was lost): stale or not
+  redis.call('HSET', rec, 'owner_token', token, 'lease_expires_at', ARGV[4],
+    'updated_at', ARGV[2])
+  v[F.owner_token] = token
+  v[F.lease_expires_at] = ARGV[4]
+  v[F.updated_at] = ARGV[2]
+  return answer('resumed')
+end
+local lease = v[F.lease_expires_at]
+if status == 'in_progress' and lease and tonumber(lease) <= now then
+  if ARGV[5] == 'hold' then
+    v[F.status] = 'unknown'
+    v[F.error] = 'lease ended at ' .. utc(lease) .. ARGV[12] .. ' without an outcome;'
+      .. ' the owner may have crashed after acting. Release it to run again.'
+    v[F.updated_at] = ARGV[2]
+    v[F.last_duplicate_at] = ARGV[2]
+    redis.call('HSET', rec, 'status', v[F.status], 'error', v[F.error], 'updated_at', ARGV[2],
+      'last_duplicate_at', ARGV[2])
+    v[F.duplicates_blocked] = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
+    return answer('held')
+  end
+  local seen = v[F.fingerprint] or ''
+  if ARGV[6] == '' or seen == '' or seen == ARGV[6] then
+    redis.call('HSET', rec, 'owner_token', token, 'fingerprint', ARGV[6],
+      'task_name', ARGV[8], 'task_id', ARGV[9], 'metadata', ARGV[7],
+      'updated_at', ARGV[2], 'lease_expires_at', ARGV[4])
+    v[F.owner_token] = token
+    v[F.fingerprint] = ARGV[6]
+    v[F.task_name] = ARGV[8]
+    v[F.task_id] = ARGV[9]
+    v[F.metadata] = ARGV[7]
+    v[F.updated_at] = ARGV[2]
+    v[F.lease_expires_at] = ARGV[4]
+    return answer('reclaimed')
+  end
+end
+v[F.duplicates_blocked] = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
+v[F.last_duplicate_at] = ARGV[2]
+redis.call('HSET', rec, 'last_duplicate_at', ARGV[2])
+return answer('duplicate')
+"""
+
+# ARGV: member. Reply: false, or reply('found', the record).
+_GET = """
+local v = load()
+if not v then return false end
+return reply('found', v)
+"""
+
+# ARGV: member, token, status, result ('' when has_result is '0'), has_result, error,
+# now, expires_at ('' for never), milliseconds until Redis may drop it.
+_FINISH = """
+local v = load()
+if not v or v[F.owner_token] ~= ARGV[2] then return 0 end
+local status = v[F.status]
+if status ~= 'in_progress' and status ~= 'unknown' then
+  -- the same outcome again from its owner is a retried command whose reply was lost
+  local stored = v[F.result]
+  local same_result = (ARGV[5] == '1' and stored == ARGV[4]) or (ARGV[5] == '0' and not stored)
+  if status == ARGV[3] and same_result and v[F.error] == ARGV[6] then return 1 end
+  return 0
+end
+if ARGV[5] == '1' and ARGV[8] ~= '' then
+  -- the common case, a result and an expiry: one write
+  redis.call('HSET', rec, 'status', ARGV[3], 'error', ARGV[6], 'updated_at', ARGV[7],
+    'completed_at', ARGV[7], 'result', ARGV[4], 'expires_at', ARGV[8])
+  redis.call('HDEL', rec, 'lease_expires_at')
+else
+  redis.call('HSET', rec, 'status', ARGV[3], 'error', ARGV[6], 'updated_at', ARGV[7],
+    'completed_at', ARGV[7])
+  if ARGV[5] == '1' then
+    redis.call('HSET', rec, 'result', ARGV[4])
+  else
+    redis.call('HDEL', rec, 'result')
+  end
+  if ARGV[8] ~= '' then
+    redis.call('HSET', rec, 'expires_at', ARGV[8])
+    redis.call('HDEL', rec, 'lease_expires_at')
+  else
+    redis.call('HDEL', rec, 'lease_expires_at', 'expires_at')
+  end
+end
+if ARGV[8] ~= '' then
+  redis.call('PEXPIRE', rec, ARGV[9])
+else
+  redis.call('PERSIST', rec)
+end
+mark('w')
+return 1
+"""
+
+# ARGV: member, token
+_RELEASE = """
+local v = load()
+if not v or v[F.owner_token] ~= ARGV[2] then return 0 end
+if v[F.status] ~= 'in_progress' and v[F.status] ~= 'unknown' then return 0 end
+redis.call('DEL', rec)
+mark('d')
+return 1
+"""
+
+# ARGV: member, token, lease_expires_at, now
+_EXTEND = """
+local v = load()
+if not v or v[F.owner_token] ~= ARGV[2] or v[F.status] ~= 'in_progress' then return 0 end
+redis.call('HSET', rec, 'lease_expires_at', ARGV[3], 'updated_at', ARGV[4])
+mark('w')
+return 1
+"""
+
+# ARGV: member, owner_token, status, allow_live ('1' or '0'), now
+_RELEASE_IF_UNCHANGED = """
+local v = load()
+if not v or v[F.status] ~= ARGV[3] or v[F.owner_token] ~= ARGV[2] then return 0 end
+local lease = v[F.lease_expires_at]
+if ARGV[4] ~= '1' and ARGV[3] == 'in_progress' and lease and tonumber(lease) > tonumber(ARGV[5]) then
+  return 0
+end
+redis.call('DEL', rec)
+mark('d')
+return 1
+"""
+
+# ARGV: member. Deletes whatever the key holds, a damaged record included.
+_FORCE_RELEASE = """
+local n = redis.call('DEL', rec)
+if n == 1 then mark('d') end
+return n
+"""
+
+
+class Script:
+    """A Lua script run with ``EVALSHA``, loaded on the first ``NOSCRIPT`` (one round trip)."""
+
+    def __init__(self, body: str, *, common: bool = True) -> None:
+        self.source = _COMMON + body if common else body
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def load(self, conn: Redis) -> None:
+        """Make sure the server knows the script, before queueing it in a pipeline."""
+        if not conn.script_exists(self.sha)[0]:
+            conn.script_load(self.source)
+
+    def __call__(self, conn: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        try:
+            return conn.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # A restarted or flushed server forgot it. NOSCRIPT means nothing ran.
+            conn.script_load(self.source)
+            return conn.evalsha(self.sha, len(keys), *keys, *args)
+
+
+CLAIM = Script(_CLAIM)
+GET = Script(_GET)
+FINISH = Script(_FINISH)
+RELEASE = Script(_RELEASE)
+EXTEND = Script(_EXTEND)
+FORCE_RELEASE = Script(_FORCE_RELEASE)
+RELEASE_IF_UNCHANGED = Script(_RELEASE_IF_UNCHANGED)
