@@ -368,6 +368,26 @@ def test_release_command_leaves_a_record_that_changes_after_it_was_shown(
     retries[0].complete("charged once")
 
 
+@pytest.mark.parametrize("backend", backend_params("sqlite"), indirect=True)
+def test_release_command_deletes_a_damaged_record_it_cannot_show(backend: Backend) -> None:
+    # SQLite keeps whatever text a hand-made UPDATE writes; the store cannot read it
+    # back (DamagedRecord), no owner can finish it, and only a deletion unblocks it.
+    check_lock("charge_9", lease=600)
+    with connections[backend.alias].cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_onceonly_idempotencyrecord SET duplicates_blocked = 'many' WHERE key = %s",
+            ["charge_9"],
+        )
+    out = StringIO()
+
+    call_command("onceonly_release", "charge_9", stdout=out)
+
+    first, last = out.getvalue().splitlines()
+    assert first.startswith("Key 'charge_9' (scope ''): the stored record is damaged (")
+    assert last == "Released 'charge_9' (scope '')."
+    assert check_lock("charge_9").locked
+
+
 def test_release_command_for_a_missing_key_is_an_error(backend: Backend) -> None:
     check_lock("charge_9", scope="tenant-a")
 

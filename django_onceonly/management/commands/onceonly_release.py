@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from ...exceptions import InvalidKey
+from ...exceptions import DamagedRecord, InvalidKey
 from ...keys import validate_key, validate_scope
 from ...rules import Status, lease_is_live
 from ...stores import Record, get_store
@@ -63,7 +63,18 @@ class Command(BaseCommand):
         except InvalidKey as exc:
             raise CommandError(str(exc)) from exc
         store = get_store()
-        record = store.get(scope, key)
+        try:
+            record = store.get(scope, key)
+        except DamagedRecord as exc:
+            # Nothing to show or compare, and no owner can finish, release or extend it:
+            # it blocks its intent until it is deleted, whatever it holds.
+            self.stdout.write(
+                f"Key {key!r} (scope {scope!r}): the stored record is damaged ({exc.detail})."
+            )
+            if not store.force_release(scope, key):
+                raise CommandError(f"No record for key {key!r} in scope {scope!r}.") from exc
+            self._released(key, scope, "damaged")
+            return
         if record is None:
             raise CommandError(f"No record for key {key!r} in scope {scope!r}.")
         now = timezone.now()
@@ -87,11 +98,14 @@ class Command(BaseCommand):
                 "It changed while being released (claimed, finished, extended or released "
                 "by someone else). Nothing released; run the command again to see it now."
             )
+        self._released(key, scope, record.status)
+
+    def _released(self, key: str, scope: str, status: str) -> None:
         logger.info(
             "django-onceonly: key %r (scope %r) released by manage.py onceonly_release "
             "(status was %s)",
             key,
             scope,
-            record.status,
+            status,
         )
         self.stdout.write(f"Released {key!r} (scope {scope!r}).")
