@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
     DamagedRecord,
+    DuplicateTask,
     FingerprintMismatch,
     InProgress,
     IntentBlocked,
@@ -26,6 +27,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DamagedRecord",
+    "DuplicateTask",
     "FingerprintMismatch",
     "InProgress",
     "IntentBlocked",

@@ -30,9 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
-import os
-import threading
-import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -40,10 +37,10 @@ from celery import Task, states
 from celery.exceptions import Reject, Retry, TaskPredicate
 from celery.result import AsyncResult, EagerResult
 from celery.utils import uuid
-from django.db import connections
 
 from .conf import conf
 from .exceptions import (
+    DuplicateTask,
     InProgress,
     IntentBlocked,
     InvalidResult,
@@ -52,6 +49,8 @@ from .exceptions import (
     ResultTooLarge,
     StoreUnavailable,
 )
+from .heartbeat import Beat as _Beat
+from .heartbeat import heartbeat as _heartbeat
 from .keys import make_key, validate_scope
 from .locks import Lock, check_lock
 from .rules import (
@@ -82,25 +81,6 @@ LEASE_MARGIN_MIN = 5.0
 _CLAIM_ATTR = "_onceonly_claim"
 
 
-class DuplicateTask(OnceOnlyError):
-    """A ``OnceTask`` with ``once_on_duplicate="raise"`` found its intent already completed.
-
-    ``key``, ``scope``, ``result`` (the stored result) and ``task_id`` (the task that
-    completed it) describe the original. The body did not run.
-    """
-
-    def __init__(self, key: str, scope: str = "", task_id: str = "", result: Any = None) -> None:
-        self.key = key
-        self.scope = scope
-        self.task_id = task_id
-        self.result = result
-        self.message = (
-            f"key {key!r} already completed (task {task_id or 'unknown'}); "
-            "the body did not run again"
-        )
-        super().__init__(key, scope, task_id, result)
-
-
 class _Claim:
     """What one execution of a ``OnceTask`` holds, kept on its request."""
 
@@ -127,96 +107,6 @@ class _Claim:
             and not self.settled
             and not self.handed_over
         )
-
-
-class _Beat:
-    __slots__ = ("active", "due", "lease", "lock", "mutex")
-
-    def __init__(self, lock: Lock, lease: float) -> None:
-        self.lock = lock
-        self.lease = lease
-        self.due = time.monotonic() + lease / 3
-        self.active = True
-        # Held while extending, so that stopping a beat waits for an extend in flight and
-        # no late heartbeat can shorten a lease the task itself has just set.
-        self.mutex = threading.Lock()
-
-
-class _Heartbeat:
-    """One daemon thread per process that extends the leases of long-running claims.
-
-    Every third of its lease, each running claim's lease is pushed to a full lease from
-    now through :meth:`Lock.extend`. A claim is registered when its body starts and
-    removed in ``finally``, by a dictionary write each: the thread is never woken per
-    task, it ticks (at most once a second), so a task that finishes within a third of
-    its lease costs no write and no thread switch. The thread uses its own database
-    connection and closes it when ``CONN_MAX_AGE`` says so, as a request would.
-    """
-
-    MAX_TICK = 1.0
-
-    def __init__(self) -> None:
-        self._beats: dict[int, _Beat] = {}
-        self._pid = 0
-        self._tick = self.MAX_TICK
-        self._starting = threading.Lock()
-
-    def start(self, lock: Lock, lease: float) -> _Beat:
-        beat = _Beat(lock, lease)
-        if self._pid != os.getpid():
-            self._spawn()
-        self._tick = min(self._tick, lease / 3)
-        self._beats[id(beat)] = beat
-        return beat
-
-    def stop(self, beat: _Beat) -> None:
-        with beat.mutex:
-            beat.active = False
-        self._beats.pop(id(beat), None)
-
-    def _spawn(self) -> None:
-        with self._starting:
-            if self._pid == os.getpid():
-                return
-            # A forked child (prefork pool) inherits neither the thread nor the claims.
-            self._beats = {}
-            self._pid = os.getpid()
-            threading.Thread(target=self._run, name="onceonly-heartbeat", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self._tick)
-            now = time.monotonic()
-            due = [beat for beat in list(self._beats.values()) if beat.due <= now]
-            for beat in due:
-                self._beat(beat)
-            if due:
-                for conn in connections.all(initialized_only=True):
-                    conn.close_if_unusable_or_obsolete()
-
-    def _beat(self, beat: _Beat) -> None:
-        with beat.mutex:
-            if not beat.active:
-                return
-            beat.due = time.monotonic() + beat.lease / 3
-            try:
-                beat.lock.extend(beat.lease)
-            except LockLost:
-                beat.active = False
-                logger.warning(
-                    "django-onceonly: heartbeat lost key %r: its lease was taken over",
-                    beat.lock.key,
-                )
-            except StoreUnavailable as exc:
-                # Try again at the next beat; the lease still runs until then.
-                logger.warning(
-                    "django-onceonly: heartbeat could not extend key %r: %s", beat.lock.key, exc
-                )
-        if not beat.active:
-            self._beats.pop(id(beat), None)
-
-
-_heartbeat = _Heartbeat()
 
 
 def _static_option(cls: type, name: str) -> Any:

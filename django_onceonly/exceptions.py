@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 
 class OnceOnlyError(Exception):
@@ -71,6 +72,25 @@ class IntentBlocked(OnceOnlyError):
             "release it (admin or `manage.py onceonly_release`) to run it again"
         )
         super().__init__(key, record_status, error, scope)
+
+
+class DuplicateTask(OnceOnlyError):
+    """A ``OnceTask`` with ``once_on_duplicate="raise"`` found its intent already completed.
+
+    ``key``, ``scope``, ``result`` (the stored result) and ``task_id`` (the task that
+    completed it) describe the original. The body did not run.
+    """
+
+    def __init__(self, key: str, scope: str = "", task_id: str = "", result: Any = None) -> None:
+        self.key = key
+        self.scope = scope
+        self.task_id = task_id
+        self.result = result
+        self.message = (
+            f"key {key!r} already completed (task {task_id or 'unknown'}); "
+            "the body did not run again"
+        )
+        super().__init__(key, scope, task_id, result)
 
 
 class LockLost(OnceOnlyError):

@@ -10,7 +10,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .rules import Status as Status  # re-exported: the admin and stats import it from here
+from .managers import IdempotencyRecordQuerySet
+from .rules import Status as Status  # re-exported: older code imports it from here
+from .rules import lease_is_live
 
 
 class ExactCharField(models.CharField):  # type: ignore[type-arg]
@@ -28,35 +30,6 @@ class ExactCharField(models.CharField):  # type: ignore[type-arg]
             mariadb = getattr(connection, "mysql_is_mariadb", False)
             params["collation"] = "utf8mb4_nopad_bin" if mariadb else "utf8mb4_0900_bin"
         return params
-
-
-class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
-    def expired(self, now: dt.datetime | None = None) -> IdempotencyRecordQuerySet:
-        return self.filter(expires_at__lte=now or timezone.now())
-
-    def purge_expired(self, *, batch_size: int = 1000, dry_run: bool = False) -> int:
-        """Delete expired records in batches of ``batch_size``; return how many.
-
-        Each batch is one short ``DELETE ... WHERE id IN (...)`` that re-checks the
-        expiry, so a record reclaimed between the select and the delete is kept and no
-        long lock is held on the table.
-        """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        now = timezone.now()
-        if dry_run:
-            return self.expired(now).count()
-        deleted = 0
-        while True:
-            ids = list(
-                self.expired(now).order_by("expires_at").values_list("pk", flat=True)[:batch_size]
-            )
-            if not ids:
-                return deleted
-            count, _ = self.filter(pk__in=ids, expires_at__lte=now).delete()
-            deleted += count
-            if len(ids) < batch_size:
-                return deleted
 
 
 class IdempotencyRecord(models.Model):
@@ -107,3 +80,7 @@ class IdempotencyRecord(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    def lease_is_live(self, now: dt.datetime | None = None) -> bool:
+        """True when an owner may be running this intent right now (``rules.lease_is_live``)."""
+        return lease_is_live(self.status, self.lease_expires_at, now or timezone.now())

@@ -8,92 +8,37 @@ and read through an index, and nothing groups or sorts the whole table.
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from django.db import connections
-from django.db.models import Count as CountAggregate
-from django.db.models import Q, QuerySet, Sum, Window
 from django.utils import timezone
 
 from .conf import conf
-from .models import IdempotencyRecord, Status
+from .managers import (
+    COUNT_CAP,
+    Count,
+    IdempotencyRecordQuerySet,
+    count_rows,
+    planner_estimate,
+    stuck_filter,
+)
+from .models import IdempotencyRecord
+from .rules import Status
 
-# Counting stops here; beyond it the number shown is the database's estimate.
-COUNT_CAP = 10_000
+# Re-exported: they lived here before the queries moved to managers.py.
+__all__ = [
+    "COUNT_CAP",
+    "DUPLICATES_WINDOW",
+    "Count",
+    "RecordLine",
+    "Summary",
+    "count_rows",
+    "planner_estimate",
+    "stuck_filter",
+    "summarize",
+]
+
 DUPLICATES_WINDOW = dt.timedelta(hours=24)
-
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    """A row count that is either exact or the query planner's estimate."""
-
-    value: int
-    exact: bool = True
-
-    def __str__(self) -> str:
-        if self.exact:
-            return f"{self.value:,}"
-        return f"about {_round(self.value):,}"
-
-    def __add__(self, other: Count) -> Count:
-        return Count(self.value + other.value, self.exact and other.exact)
-
-
-def _round(value: int) -> int:
-    """Keep two significant digits: an estimate should not look precise."""
-    if value < 100:
-        return value
-    magnitude = int(10 ** (len(str(value)) - 2))
-    return round(value / magnitude) * magnitude
-
-
-def planner_estimate(queryset: QuerySet[Any]) -> int | None:
-    """The number of rows the database expects ``queryset`` to return, or ``None``.
-
-    PostgreSQL answers from ``EXPLAIN`` (statistics kept by ``ANALYZE``/autovacuum);
-    MySQL and MariaDB from their ``EXPLAIN`` row estimate; SQLite has none.
-    """
-    conn = connections[queryset.db]
-    sql, params = queryset.order_by().query.get_compiler(using=queryset.db).as_sql()
-    if conn.vendor == "postgresql":
-        with conn.cursor() as cursor:
-            cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-            plan = cursor.fetchone()[0]
-        if isinstance(plan, str):
-            plan = json.loads(plan)
-        return int(plan[0]["Plan"]["Plan Rows"])
-    if conn.vendor == "mysql":
-        with conn.cursor() as cursor:
-            cursor.execute(f"EXPLAIN {sql}", params)
-            columns = [column[0].lower() for column in cursor.description]
-            row = dict(zip(columns, cursor.fetchone(), strict=True))
-        if row.get("rows") is None:
-            return None
-        filtered = float(row.get("filtered") or 100.0)
-        return int(int(row["rows"]) * filtered / 100.0)
-    return None
-
-
-def count_rows(queryset: QuerySet[Any], *, cap: int | None = COUNT_CAP) -> Count:
-    """Count ``queryset`` exactly up to ``cap`` rows, and estimate above it.
-
-    ``SELECT COUNT(*)`` of millions of rows reads them all; counting at most ``cap + 1``
-    of them costs the same as showing a page. Where the database has no estimate
-    (SQLite), or ``cap`` is ``None``, the count is exact whatever it costs.
-    """
-    queryset = queryset.order_by()
-    if cap is None:
-        return Count(queryset.count())
-    bounded = queryset.values("pk")[: cap + 1].count()
-    if bounded <= cap:
-        return Count(bounded)
-    estimate = planner_estimate(queryset)
-    if estimate is None:
-        return Count(queryset.count())
-    return Count(max(estimate, cap + 1), exact=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +93,8 @@ class Summary:
     records_with_duplicates_in_window: int
     top_keys: list[RecordLine] = field(default_factory=list)
     needs_attention: list[RecordLine] = field(default_factory=list)
+    # Counts are exact up to this many rows (``None``: every count is exact).
+    cap: int | None = COUNT_CAP
 
     @property
     def total(self) -> Count:
@@ -181,57 +128,12 @@ class Summary:
         }
 
 
-LINE_FIELDS = (
-    "pk",
-    "scope",
-    "key",
-    "status",
-    "duplicates_blocked",
-    "last_duplicate_at",
-    "created_at",
-    "lease_expires_at",
-)
+# The columns a RecordLine is read from, by name.
+LINE_FIELDS = tuple(line_field.name for line_field in fields(RecordLine))
 
 
-def _lines(queryset: QuerySet[IdempotencyRecord]) -> list[RecordLine]:
-    rows: Iterable[tuple[Any, ...]] = queryset.values_list(*LINE_FIELDS)
+def _lines(rows: list[tuple[Any, ...]]) -> list[RecordLine]:
     return [RecordLine(*row) for row in rows]
-
-
-def _recent_duplicates(
-    records: QuerySet[IdempotencyRecord], since: dt.datetime, top: int
-) -> tuple[int, int, list[RecordLine]]:
-    """Duplicates blocked by the records whose last duplicate came ``since``, how many
-    records those are, and the ``top`` of them by duplicates blocked.
-
-    No index serves ``last_duplicate_at``, on purpose: every blocked duplicate updates
-    it, and an index on it would stop PostgreSQL from updating those rows in place
-    (HOT), making each duplicate check slower. So this reads the table once, and asks
-    for the totals and the top records in that one pass (window aggregates).
-    """
-    recent = records.filter(last_duplicate_at__gte=since, duplicates_blocked__gt=0)
-    if top < 1:
-        totals = recent.order_by().aggregate(
-            duplicates=Sum("duplicates_blocked"), records=CountAggregate("pk")
-        )
-        return int(totals["duplicates"] or 0), int(totals["records"] or 0), []
-    rows = list(
-        recent.annotate(
-            window_duplicates=Window(Sum("duplicates_blocked")),
-            window_records=Window(CountAggregate("pk")),
-        )
-        .order_by("-duplicates_blocked", "-last_duplicate_at", "-pk")
-        .values_list(*LINE_FIELDS, "window_duplicates", "window_records")[:top]
-    )
-    if not rows:
-        return 0, 0, []
-    lines = [RecordLine(*row[: len(LINE_FIELDS)]) for row in rows]
-    return int(rows[0][-2]), int(rows[0][-1]), lines
-
-
-def stuck_filter(now: dt.datetime) -> Q:
-    """Claims whose lease has ended without an outcome: no attempt has come since."""
-    return Q(status=Status.IN_PROGRESS, lease_expires_at__lte=now)
 
 
 def summarize(
@@ -248,21 +150,24 @@ def summarize(
     """
     alias = using or conf.ONCEONLY_DATABASE
     now = now or timezone.now()
-    records = IdempotencyRecord.objects.using(alias)
+    records: IdempotencyRecordQuerySet = IdempotencyRecord.objects.using(alias)
     by_status = {
-        status.value: count_rows(records.filter(status=status), cap=cap) for status in Status
+        status.value: records.filter(status=status).count_bounded(cap) for status in Status
     }
-    duplicates, with_duplicates, top_keys = _recent_duplicates(records, now - window, top)
-    attention = records.filter(Q(status=Status.UNKNOWN) | stuck_filter(now))
+    duplicates, with_duplicates, top_keys = records.recent_duplicates(
+        now - window, top, LINE_FIELDS
+    )
+    attention = records.needs_attention(now).order_by("-created_at")
     return Summary(
         database=alias,
         now=now,
         window=window,
         by_status=by_status,
-        stuck=count_rows(records.filter(stuck_filter(now)), cap=cap),
-        expired=count_rows(records.expired(now), cap=cap),
+        stuck=records.stuck(now).count_bounded(cap),
+        expired=records.expired(now).count_bounded(cap),
         duplicates_in_window=duplicates,
         records_with_duplicates_in_window=with_duplicates,
-        top_keys=top_keys,
-        needs_attention=_lines(attention.order_by("-created_at")[:top]),
+        top_keys=_lines(top_keys),
+        needs_attention=_lines(list(attention.values_list(*LINE_FIELDS)[:top])),
+        cap=cap,
     )

@@ -24,7 +24,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_onceonly import LockLost, check_lock
-from django_onceonly.admin import MAX_RELEASE, VALUES_LIMIT, distinct_values
+from django_onceonly.admin import (
+    MAX_RELEASE,
+    VALUES_LIMIT,
+    IdempotencyRecordAdmin,
+    distinct_values,
+)
+from django_onceonly.managers import COUNT_CAP
 from django_onceonly.models import IdempotencyRecord, Status
 from tests.conftest import Backend, backend_params
 from tests.factories import IdempotencyRecordFactory
@@ -399,6 +405,39 @@ def test_a_big_list_says_about_and_estimated(backend: Backend, admin_client: Cli
         "k1199",
         *(f"k1199{n}" for n in range(10)),
     }
+
+
+@pytest.mark.django_db
+def test_the_summary_states_the_count_cap_it_counted_with(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    html = admin_client.get(reverse(SUMMARY)).content.decode()
+    assert f"Counts above {COUNT_CAP:,} are" in html
+
+    monkeypatch.setattr(IdempotencyRecordAdmin, "count_cap", 1234)
+    response = admin_client.get(reverse(SUMMARY))
+
+    assert response.context["summary"].cap == 1234
+    assert "Counts above 1,234 are" in response.content.decode()
+
+
+@pytest.mark.parametrize("backend", backend_params("postgres"), indirect=True)
+def test_the_estimated_label_states_the_count_cap_it_counted_with(
+    backend: Backend, admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    IdempotencyRecord.objects.using(backend.alias).bulk_create(
+        IdempotencyRecordFactory.build_batch(30)
+    )
+    with connections[backend.alias].cursor() as cursor:
+        cursor.execute("ANALYZE django_onceonly_idempotencyrecord")
+    monkeypatch.setattr(IdempotencyRecordAdmin, "count_cap", 5)
+
+    response = admin_client.get(reverse(CHANGELIST))
+
+    assert not response.context["cl"].paginator.counted.exact
+    assert 'title="Counted up to 5; beyond that the database estimates."' in (
+        response.content.decode()
+    )
 
 
 # -- release -------------------------------------------------------------------------------

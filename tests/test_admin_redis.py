@@ -112,3 +112,31 @@ def test_a_live_lease_in_redis_needs_the_extra_box(admin_client: Client) -> None
     assert get_store().get("", "charge_2") is None
     with pytest.raises(LockLost):
         owner.complete("late")
+
+
+def test_release_is_one_step_in_redis_never_a_read_then_a_delete(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read then force_release left a window in which a claim landing between the
+    # two was released too; the store's release_if_unchanged is one Lua script (its
+    # race with a takeover is in tests/test_store_contract.py).
+    from django_onceonly.admin import release as admin_release
+
+    store = get_store()
+
+    class OneStepOnly:
+        def __getattr__(self, name: str) -> Any:
+            if name in ("get", "force_release"):
+                raise AssertionError(f"the admin's release called store.{name}()")
+            return getattr(store, name)
+
+    check_lock("pw_reset_2").fail(TimeoutError("provider"), outcome_unknown=True)
+    record = copied("pw_reset_2")
+    form = confirmation(admin_client, record)
+    monkeypatch.setattr(admin_release, "get_store", OneStepOnly)
+
+    done = admin_client.post(reverse(RELEASE), form, follow=True)
+
+    assert "Released 1 intent" in messages_of(done)
+    assert store.get("", "pw_reset_2") is None
+    assert not IdempotencyRecord.objects.filter(pk=record.pk).exists()

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...tasks import _purge_expired
+from ...conf import conf
+from ...models import IdempotencyRecord
 
 
 class Command(BaseCommand):
@@ -18,9 +19,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, batch_size: int, dry_run: bool, **options: Any) -> None:
         if batch_size < 1:
-            self.stderr.write("--batch-size must be at least 1")
-            raise SystemExit(2)
-        count = _purge_expired(batch_size=batch_size, dry_run=dry_run)
+            raise CommandError("--batch-size must be at least 1")
+        records = IdempotencyRecord.objects.using(conf.ONCEONLY_DATABASE)
+        count = records.purge_expired(batch_size=batch_size, dry_run=dry_run)
         if dry_run:
             self.stdout.write(f"{count} expired record(s) would be deleted.")
         else:
