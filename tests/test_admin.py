@@ -670,3 +670,20 @@ def test_summary_json_round_trips() -> None:
 
     assert json.loads(json.dumps(summary.as_dict()))["total"] == {"value": 12_348, "exact": False}
     assert str(summary.total) == "about 12,000"
+
+
+@pytest.mark.django_db
+def test_release_with_a_tampered_status_releases_nothing_and_answers_normally(
+    admin_client: Client,
+) -> None:
+    record = make(key="k", status=Status.FAILED)
+    form = {
+        "ids": [record.pk],
+        f"token-{record.pk}": record.owner_token,
+        f"status-{record.pk}": "deleted\x00",
+    }
+
+    response = admin_client.post(reverse(RELEASE), form)
+
+    assert response.status_code == 302
+    assert row("k") is not None

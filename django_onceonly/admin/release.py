@@ -25,6 +25,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from ..conf import conf
+from ..exceptions import DamagedRecord
 from ..models import IdempotencyRecord
 from ..rules import Status
 from ..stores import get_store
@@ -59,15 +60,22 @@ def release_if_unchanged(
     copy is then removed as well: the next sync would remove it, and the person should
     not see it come back meanwhile.
     """
+    if status not in Status.values:
+        return False  # a tampered form: no record has that status, so none is released
     store = get_store()
-    released = store.release_if_unchanged(
-        record.scope,
-        record.key,
-        owner_token=owner_token,
-        status=status,
-        allow_live=allow_live,
-        now=now,
-    )
+    try:
+        released = store.release_if_unchanged(
+            record.scope,
+            record.key,
+            owner_token=owner_token,
+            status=status,
+            allow_live=allow_live,
+            now=now,
+        )
+    except DamagedRecord as exc:
+        # Nothing is released by guesswork: the message says how an operator removes it.
+        logger.warning("django-onceonly: admin release skipped a damaged record: %s", exc)
+        return False
     is_this_table = isinstance(store, DatabaseStore) and store.alias == using
     if released and not is_this_table:
         IdempotencyRecord.objects.using(using).delete_if_unchanged(
