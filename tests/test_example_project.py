@@ -276,3 +276,19 @@ def test_shop_checkout_places_one_order_per_idempotency_key_over_http(tmp_path: 
     with sqlite3.connect(tmp_path / "demo.sqlite3") as db:
         orders = db.execute("SELECT cart, amount FROM shop_order ORDER BY id").fetchall()
     assert [cart for cart, _ in orders] == ["cart-1", "cart-2"]
+
+
+def test_the_shops_own_idempotency_tests_pass_with_the_test_kit(tmp_path: Path) -> None:
+    # The worked example of docs/testing-kit.md: the shop's tests, with its own settings.
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        env=demo_env(tmp_path),
+        cwd=ROOT / "example_project",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    print(done.stdout[-2000:])
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "3 passed" in done.stdout
