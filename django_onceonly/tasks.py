@@ -3,6 +3,8 @@
 - ``django_onceonly.tasks.purge_expired``: delete expired records in batches.
 - ``django_onceonly.tasks.sync_redis_audit``: copy ``RedisStore`` records to the
   ``IdempotencyRecord`` table (the admin's audit trail); run it every few seconds.
+- ``django_onceonly.tasks.resolve_unknown``: run the tasks' resolvers over ``unknown``
+  intents (``manage.py onceonly_resolve``); run it every few minutes.
 """
 
 from __future__ import annotations
@@ -33,13 +35,30 @@ def _sync_redis_audit(batch_size: int = 1000) -> dict[str, Any]:
     }
 
 
+def _resolve_unknown(limit: int | None = None) -> dict[str, int]:
+    """One pass of ``onceonly_resolve``; returns how many records went which way."""
+    from .resolve import resolve_unknown as run_resolvers
+
+    report = run_resolvers(limit=limit)
+    return {
+        "sent": len(report.sent),
+        "released": len(report.released),
+        "left": len(report.left),
+        "failed": len(report.failed),
+        "changed": len(report.changed),
+        "no_resolver": len(report.no_resolver),
+    }
+
+
 purge_expired: Any
 sync_redis_audit: Any
+resolve_unknown: Any
 try:
     from celery import shared_task
 except ImportError:  # the [celery] extra is not installed: plain functions
     purge_expired = _purge_expired
     sync_redis_audit = _sync_redis_audit
+    resolve_unknown = _resolve_unknown
 else:
     purge_expired = shared_task(name="django_onceonly.tasks.purge_expired", ignore_result=True)(
         _purge_expired
@@ -48,3 +67,7 @@ else:
     sync_redis_audit = shared_task(
         name="django_onceonly.tasks.sync_redis_audit", ignore_result=True
     )(_sync_redis_audit)
+    # Every write of a pass is fenced by the owner token: overlapping passes are harmless.
+    resolve_unknown = shared_task(name="django_onceonly.tasks.resolve_unknown", ignore_result=True)(
+        _resolve_unknown
+    )

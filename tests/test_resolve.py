@@ -294,3 +294,26 @@ def test_the_command_refuses_a_bad_limit() -> None:
 
     with pytest.raises(CommandError, match="--limit must be at least 1"):
         call_command("onceonly_resolve", "--limit", "0")
+
+
+def test_the_beat_task_runs_the_resolvers(backend: Backend, provider: Provider) -> None:
+    from django_onceonly.tasks import resolve_unknown as beat_task
+
+    _provider_url[:] = [provider.url]
+    unknown_intent("welcome_email_9")
+    provider.accepted["welcome_email_9"] = {"id": "msg-9"}
+    sync_if_redis(backend)
+
+    counts = beat_task.apply().get()
+
+    assert counts == {
+        "sent": 1,
+        "released": 0,
+        "left": 0,
+        "failed": 0,
+        "changed": 0,
+        "no_resolver": 0,
+    }
+    record = backend.record("welcome_email_9")
+    assert record is not None
+    assert record.status == "completed"
