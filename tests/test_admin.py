@@ -155,7 +155,7 @@ def test_records_cannot_be_added_edited_or_deleted(admin_client: Client) -> None
     listing = admin_client.get(reverse(CHANGELIST))
     assert add not in listing.content.decode()
     actions = [name for name, _ in listing.context["action_form"].fields["action"].choices]
-    assert actions == ["", "release"]
+    assert actions == ["", "release", "mark_sent"]
     detail = admin_client.get(change_url(record))
     assert detail.status_code == 200
     assert 'name="_save"' not in detail.content.decode()

@@ -66,7 +66,8 @@ from .filters import (
     distinct_values,
     has_nul,
 )
-from .release import MAX_RELEASE, STATUS_CLASSES, ReleaseMixin, release_if_unchanged
+from .release import MAX_RELEASE, STATUS_CLASSES, release_if_unchanged
+from .resolution import MarkSentMixin
 
 # Importable from here as from the module this package replaced.
 __all__ = [
@@ -107,7 +108,7 @@ def _pretty_json(value: Any) -> SafeString:
 
 
 @admin.register(IdempotencyRecord)
-class IdempotencyRecordAdmin(ReleaseMixin):
+class IdempotencyRecordAdmin(MarkSentMixin):
     """The "Sent intents" admin: read-only, searchable by key, with a safe "Release"."""
 
     list_display = (
@@ -135,7 +136,7 @@ class IdempotencyRecordAdmin(ReleaseMixin):
     paginator = EstimatedCountPaginator
     # Counts of rows are exact up to this many, the database's estimate above it.
     count_cap: int | None = COUNT_CAP
-    actions = ("release",)
+    actions = ("release", "mark_sent")
     fieldsets = (
         (None, {"fields": ("key", "scope", "status_badge", "lease_state", "fingerprint")}),
         (_("Outcome"), {"fields": ("result_pretty", "error_pretty")}),
@@ -293,6 +294,7 @@ class IdempotencyRecordAdmin(ReleaseMixin):
                 self.admin_site.admin_view(self.release_view),
                 name="{}_{}_release".format(*info),
             ),
+            *self.extra_admin_urls(),
             *super().get_urls(),
         ]
 

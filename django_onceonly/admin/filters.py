@@ -101,6 +101,7 @@ class ConditionFilter(admin.SimpleListFilter):
         self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
     ) -> list[tuple[str, Any]]:
         return [
+            ("review", _("awaiting review: outcome unknown or lease ended")),
             ("stuck", _("stuck: in progress, lease ended")),
             ("running", _("running: lease live")),
             ("expired", _("expired, awaiting purge")),
@@ -109,6 +110,8 @@ class ConditionFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         now = timezone.now()
         value = self.value()
+        if value == "review":
+            return queryset.needs_attention(now)  # type: ignore[attr-defined, no-any-return]
         if value == "stuck":
             return queryset.stuck(now)  # type: ignore[attr-defined, no-any-return]
         if value == "running":
