@@ -28,6 +28,7 @@ urlpatterns = [
     path("drf/orders/", drf_views.OrderView.as_view()),
     path("plain/checkout/", drf_views.plain_checkout),
     path("plain/async-checkout/", drf_views.async_checkout),
+    path("plain/async-slow-checkout/", drf_views.async_slow_checkout),
     path("plain/binary/", drf_views.binary),
     path("plain/csv/", drf_views.csv_export),
     path("plain/streaming/", drf_views.streaming),

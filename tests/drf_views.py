@@ -7,6 +7,7 @@ that a test can count how many times the view really ran for a key.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import threading
@@ -261,6 +262,20 @@ def plain_checkout(request: HttpRequest) -> HttpResponse:
     response = JsonResponse({"order": number}, status=201)
     response["Location"] = f"/orders/{number}"
     return response
+
+
+@csrf_exempt
+@idempotent
+async def async_slow_checkout(request: HttpRequest) -> HttpResponse:
+    """An async view that runs, then awaits its gate (the event loop stays free)."""
+    number = record_run("async_slow_checkout", request)
+    gates = os.environ.get("ONCEONLY_DRF_GATES")
+    if gates:
+        gate = Path(gates) / request.headers["Idempotency-Key"]
+        deadline = time.monotonic() + 20
+        while not gate.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+    return JsonResponse({"order": number}, status=201, headers={"Location": f"/orders/{number}"})
 
 
 @csrf_exempt

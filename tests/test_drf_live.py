@@ -91,19 +91,23 @@ class LiveServer:
             "ONCEONLY_DRF_GATES": str(self.base / "gates"),
         }
 
+    def command(self) -> list[str]:
+        """The server process: Django's threaded runserver (an ASGI server in a subclass)."""
+        return [
+            sys.executable,
+            "-m",
+            "django",
+            "runserver",
+            f"127.0.0.1:{self.port}",
+            "--noreload",
+            "--skip-checks",
+        ]
+
     def start(self) -> LiveServer:
         self.port = free_port()
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "django",
-                    "runserver",
-                    f"127.0.0.1:{self.port}",
-                    "--noreload",
-                    "--skip-checks",
-                ],
+                self.command(),
                 cwd=ROOT,
                 env=self.env(),
                 stdout=out,
@@ -118,7 +122,7 @@ class LiveServer:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     log = self.log.read_text()[-3000:]
-                    raise RuntimeError(f"runserver did not start:\n{log}") from None
+                    raise RuntimeError(f"the server did not start:\n{log}") from None
                 time.sleep(0.1)
 
     def stop(self, how: signal.Signals = signal.SIGTERM) -> None:
@@ -194,14 +198,14 @@ def server(backend: Backend, live_servers: Callable[[str], LiveServer]) -> LiveS
     return live_servers(backend.name)
 
 
-def race(server: LiveServer, key: str) -> list[Reply]:
+def race(server: LiveServer, key: str, path: str = "/drf/slow-checkout/") -> list[Reply]:
     """Two requests with one key at once; the gate opens once one of them is answered."""
     barrier = threading.Barrier(2)
     replies: list[Reply | None] = [None, None]
 
     def send(index: int) -> None:
         barrier.wait()
-        replies[index] = server.post("/drf/slow-checkout/", key)
+        replies[index] = server.post(path, key)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
     for thread in threads:
