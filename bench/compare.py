@@ -1111,7 +1111,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows, notes = build_rows(args.only_set, connection)
             measure(rows, args.n, args.rounds, args.batch)
-            env = environment(connection) | {"rounds": args.rounds}
+            env = environment(connection) | {
+                "rounds": args.rounds,
+                "redis_url": REDIS_URL,
+                "redis_prefix": PREFIX,
+                "scratch_database": args.db_name if connection is not None else None,
+            }
         finally:
             deleted = delete_redis_keys()
     print(
