@@ -946,7 +946,7 @@ def environment(connection: Any | None) -> dict[str, Any]:
     return {
         "when": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         "cores": os.cpu_count(),
-        "load_average": [round(value, 2) for value in os.getloadavg()],
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
         "python": platform.python_version(),
         "hiredis": importlib.util.find_spec("hiredis") is not None,
         "servers": server,
@@ -1105,6 +1105,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    load_before = [round(value, 2) for value in os.getloadavg()]
+    started = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     configure(args.db_name)
     needs_pg = bool(args.only_set & {"floors", "ours", "schema"})
     with scratch_database() if needs_pg else _nothing() as connection:
@@ -1113,6 +1115,8 @@ def main(argv: list[str] | None = None) -> int:
             measure(rows, args.n, args.rounds, args.batch)
             env = environment(connection) | {
                 "rounds": args.rounds,
+                "started": started,
+                "load_average_before": load_before,
                 "redis_url": REDIS_URL,
                 "redis_prefix": PREFIX,
                 "scratch_database": args.db_name if connection is not None else None,
@@ -1120,9 +1124,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             deleted = delete_redis_keys()
     print(
-        f"{env['when']}, {env['cores']} cores, load average {env['load_average']}, "
-        f"Python {env['python']}; n={args.n}, batch={args.batch}, "
-        f"median of {args.rounds} rounds"
+        f"{started} to {env['when']}, {env['cores']} cores, load average (1, 5, 15 min) "
+        f"{load_before} before, {env['load_average_after']} after; Python {env['python']}; "
+        f"n={args.n}, batch={args.batch}, median of {args.rounds} rounds"
     )
     print("  " + ", ".join(f"{k} {v}" for k, v in env["servers"].items()))
     print("  " + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v))
