@@ -371,11 +371,12 @@ def celery_app() -> Any:
     app = Celery("onceonly_compare", broker=REDIS_URL, set_as_current=False)
     app.conf.ONCE = {
         "backend": "celery_once.backends.Redis",
-        "settings": {"url": REDIS_URL, "default_timeout": LEASE},
+        # Held locks must outlive the longest run: a duplicate row keeps them held.
+        "settings": {"url": REDIS_URL, "default_timeout": TTL},
     }
     app.conf.singleton_backend_url = REDIS_URL
     app.conf.singleton_key_prefix = f"{PREFIX}:singleton:"
-    app.conf.singleton_lock_expiry = LEASE
+    app.conf.singleton_lock_expiry = TTL
     return app
 
 
