@@ -47,6 +47,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import secrets
 import statistics
 import sys
@@ -105,6 +106,7 @@ class Row:
     peer: str | None = None  # name of the peer row this one is matched with
     store: str | None = None  # ONCEONLY_STORE while this row runs (ours only)
     per_call: int = 1  # operations in each of run()'s n (bulk rows do several at once)
+    phase: str = "main"  # rows are interleaved with the rows of their own phase
     rounds: list[float] = field(default_factory=list)  # µs/op per round
 
     @property
@@ -237,7 +239,24 @@ def create_table(connection: Any, tag: str, indexes: list[Any]) -> str:
     model = type(f"Compare{tag.title()}", (models.Model,), attrs)
     with connection.schema_editor() as editor:
         editor.create_model(model)
+    _tables.append(table)
     return table
+
+
+_tables: list[str] = []  # every table create_table made, for analyze_tables()
+
+
+def analyze_tables(connection: Any) -> None:
+    """``ANALYZE`` the tables once they hold their first rows.
+
+    Never analysed, a table looks empty to the planner, which then finds a bulk
+    UPDATE's keys by scanning every row of scope ``''`` instead of looking each key up
+    in the unique index: a cost that grows with the table. Statistics taken once are
+    enough, as the planner scales them by the table's size.
+    """
+    with connection.cursor() as cursor:
+        for table in _tables:
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(table)}")
 
 
 # Name -> SQL value of each column in a new claim; %(name)s are parameters.
@@ -774,6 +793,8 @@ def build_rows(only: set[str], connection: Any | None) -> tuple[list[Row], dict[
             ]
     if "schema" in only and connection is not None:
         rows += schema_rows(connection, minimal, notes)
+    if connection is not None:
+        analyze_tables(connection)
     link(rows)
     return rows, notes
 
@@ -805,7 +826,16 @@ def schema_rows(connection: Any, minimal: str, notes: dict[str, Any]) -> list[Ro
     ):
         bulk = BulkSQL(no_flush, table, tag)
         rows.append(
-            Row(name, "PostgreSQL", "schema", "floor", "schema", bulk.claim_complete, per_call=BULK)
+            Row(
+                name,
+                "PostgreSQL",
+                "schema",
+                "floor",
+                "schema",
+                bulk.claim_complete,
+                per_call=BULK,
+                phase="bulk",
+            )
         )
     notes["indexes"] = {}
     for number, index in enumerate(indexes):
@@ -827,6 +857,7 @@ def schema_rows(connection: Any, minimal: str, notes: dict[str, Any]) -> list[Ro
                 "schema",
                 bulk.claim_complete,
                 per_call=BULK,
+                phase="bulk",
             ),
         ]
     return rows
@@ -854,19 +885,20 @@ def link(rows: list[Row]) -> None:
 # -- measuring ---------------------------------------------------------------------------
 
 
-def one_round(rows: list[Row], n: int, batch: int, turn: int) -> list[float]:
+def one_round(rows: list[Row], n: int, batch: int, order: random.Random) -> list[float]:
     """µs/op of each row over ``n`` operations, the rows taking turns in batches."""
     spent = [0.0] * len(rows)
     done = 0
-    order = list(range(len(rows)))
+    turn = list(range(len(rows)))
     gc.collect()
     gc.disable()
     try:
         while done < n:
             size = min(batch, n - done)
-            # Rotate who goes first, so that no row always follows the same neighbour.
-            shift = turn % len(order)
-            for index in order[shift:] + order[:shift]:
+            # A new order at every turn: no row always follows the same neighbour (a
+            # durable commit pays for flushing whatever WAL the row before it left).
+            order.shuffle(turn)
+            for index in turn:
                 row = rows[index]
                 if row.store:
                     set_store(row.store)
@@ -874,17 +906,26 @@ def one_round(rows: list[Row], n: int, batch: int, turn: int) -> list[float]:
                 row.run(size)
                 spent[index] += time.perf_counter() - start
             done += size
-            turn += 1
     finally:
         gc.enable()
     return [seconds / (n * row.per_call) * 1e6 for seconds, row in zip(spent, rows, strict=True)]
 
 
 def measure(rows: list[Row], n: int, rounds: int, batch: int) -> None:
-    one_round(rows, max(n // 4, 1), batch, 0)  # warm-up: connections, plans, buffers
-    for number in range(rounds):
-        for row, us in zip(rows, one_round(rows, n, batch, number), strict=True):
-            row.rounds.append(us)
+    """Every round runs each phase's rows interleaved; the phases follow one another.
+
+    The bulk rows are a phase of their own: each of their statements leaves much WAL
+    unflushed, which the next durable commit of any other row would have to flush.
+    """
+    order = random.Random(0)
+    phases = [[row for row in rows if row.phase == phase] for phase in ("main", "bulk")]
+    phases = [phase for phase in phases if phase]
+    for phase in phases:
+        one_round(phase, max(n // 4, 1), batch, order)  # warm-up: connections, plans, buffers
+    for _ in range(rounds):
+        for phase in phases:
+            for row, us in zip(phase, one_round(phase, n, batch, order), strict=True):
+                row.rounds.append(us)
 
 
 # -- reporting ---------------------------------------------------------------------------
