@@ -5,10 +5,11 @@
     .venv/bin/python bench/compare.py --only ours,floors    # no peer needed
 
 The peers and matplotlib are in the ``bench`` dependency group (``pip install --group
-bench``), never a runtime dependency. Rows, on one Redis (``--redis-url``, default
-database 12 of 127.0.0.1:6379, every key under a prefix of this run, deleted at the end)
-and one PostgreSQL (a scratch database of this run, created with the real migrations and
-dropped at the end):
+bench``), never a runtime dependency. Rows, on one Redis (``ONCEONLY_BENCH_REDIS_URL``,
+default database 12 of 127.0.0.1:6379, every key under a prefix of this run, deleted at
+the end) and one PostgreSQL (``ONCEONLY_BENCH_PG_HOST``/``_PORT``/``_USER``/``_PASSWORD``,
+default 127.0.0.1:5432 as postgres; a scratch database of this run, ``--db-name``,
+created with the real migrations and dropped at the end):
 
 - floors: Redis ``SET NX`` on an existing key; ``SET NX`` + ``SET`` on a new key;
   PostgreSQL ``INSERT ... ON CONFLICT DO NOTHING`` on an existing key, ``INSERT`` +
@@ -16,7 +17,7 @@ dropped at the end):
   with the records' columns and only that unique constraint (the minimal schema);
 - celery-once 3 (its Redis backend) and celery-singleton: lock + unlock on a new key,
   and the same lock while it is held, through the methods their task classes call in
-  ``apply_async`` and after the run (the broker publish is not measured, for nobody);
+  ``apply_async`` and after the run (the broker publish is measured for no one);
 - AWS Lambda Powertools ``idempotent_function`` on its Redis persistence layer: a new
   key (in progress, run, save the result) and a duplicate key (the stored result);
 - ours, ``RedisStore`` and ``DatabaseStore`` on PostgreSQL, through ``check_lock`` and
@@ -24,12 +25,14 @@ dropped at the end):
   replayed ``lock.result``;
 - ``schema``: the PostgreSQL floors on a table with ``IdempotencyRecord``'s columns and
   indexes, and on copies of it that each lack one secondary index, so that each index's
-  cost to a claim+complete shows.
+  cost to a claim+complete shows: one durable claim at a time, and the server's own
+  work per claim, in bulk (``BulkSQL``).
 
 Every row runs in the same rounds: in each round the rows take turns in batches of
-``--batch`` operations (the order rotating from batch to batch), so load from other
-processes falls on all of them alike. Each figure is the median over ``--rounds``
-rounds of ``--n`` operations, after a warm-up. The script prints a table (µs/op, the
+``--batch`` operations, in a new random order at every turn, so load from other
+processes falls on all of them alike (the bulk rows take their turns among themselves,
+see ``measure``). Each figure is the median over ``--rounds`` rounds of ``--n``
+operations, after a warm-up. The script prints a table (µs/op, the
 ratio to the row's floor and to the matching Powertools row), writes every figure as
 JSON (``--json``) and draws the chart (``--chart``, needs matplotlib).
 
@@ -640,7 +643,7 @@ class Ours:
                 raise AssertionError("check_lock did not replay the stored result")
 
 
-def set_store(path: str) -> Any:
+def set_store(path: str) -> None:
     """Point ``ONCEONLY_STORE`` at ``path`` (read live by ``check_lock``)."""
     settings.ONCEONLY_STORE = path
 
