@@ -1,7 +1,8 @@
 """Side by side: django-onceonly, its peers and the raw floors, in one interleaved run.
 
     .venv/bin/python bench/compare.py                       # small: a smoke run in seconds
-    .venv/bin/python bench/compare.py --n 1000 --rounds 7   # the size the docs publish
+    .venv/bin/python bench/compare.py --n 1000 --rounds 7 \
+        --json docs/images/compare.json --chart docs/images/compare.png   # for the docs
     .venv/bin/python bench/compare.py --only ours,floors    # no peer needed
 
 The peers and matplotlib are in the ``bench`` dependency group (``pip install --group
@@ -54,6 +55,7 @@ import random
 import secrets
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -77,6 +79,7 @@ LEASE = 300  # seconds a claim is trusted while it runs, on every side
 REDIS_URL = os.environ.get("ONCEONLY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 REDIS_CACHE = "onceonly_compare"
 RUN = uuid.uuid4().hex[:8]
+OUTPUT = Path(tempfile.gettempdir()) / "onceonly-compare"  # --json and --chart by default
 PREFIX = f"onceonly-compare-{RUN}"  # in every Redis key this run writes: cleanup finds them
 
 DATABASE_STORE = "django_onceonly.stores.DatabaseStore"
@@ -1205,14 +1208,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--db-name", default=f"onceonly_compare_{RUN}", help="scratch PostgreSQL database"
     )
+    # Not docs/images by default: a smoke run must never replace the published figures.
     parser.add_argument(
-        "--json", type=Path, default=ROOT / "docs/images/compare.json", help="figures as JSON"
+        "--json", type=Path, default=OUTPUT / "compare.json", help="figures as JSON"
     )
     parser.add_argument(
         "--chart",
         type=Path,
-        default=ROOT / "docs/images/compare.png",
-        help="the chart (PNG; needs matplotlib); '' for none",
+        default=OUTPUT / "compare.png",
+        help="the chart (PNG; needs matplotlib); '' for none. The docs' is docs/images/compare.png",
     )
     args = parser.parse_args(argv)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
