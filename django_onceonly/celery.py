@@ -22,7 +22,9 @@ How it works, in the order of a task's life:
 4. A lease shorter than the task's hard time limit (or with no time limit at all) is
    extended by a heartbeat thread while the body runs, so only a dead process loses it.
 
-Requires the ``[celery]`` extra.
+Requires the ``[celery]`` extra. The module stays whole past the house's 400 lines: the
+claim's life (publish, execute, retry, wait, settle) is one state machine on one class;
+the heartbeat lives in :mod:`django_onceonly.heartbeat`.
 """
 
 from __future__ import annotations

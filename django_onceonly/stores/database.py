@@ -16,6 +16,10 @@ By default the statements run on a connection of their own when the caller is in
 ``transaction.atomic()``, so the claim is durable even if the caller's transaction rolls
 back (the email has gone out; the claim must stay). With ``transactional=True`` they run
 on the caller's connection, inside its transaction.
+
+The module stays whole past the house's 400 lines: connections, retries on deadlock
+and every primitive of the contract share one connection policy; the SQL itself is in
+:mod:`~django_onceonly.stores.sql`.
 """
 
 from __future__ import annotations
