@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.utils.translation import gettext_lazy as _
 
 
@@ -11,3 +11,7 @@ class OnceOnlyConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .outbox import check_outbox_alert  # noqa: F401  (registers it)
+
+        if apps.is_installed("django.contrib.admin"):
+            from . import outbox_admin  # noqa: F401  (registers OutboxMessageAdmin)

@@ -3,6 +3,8 @@
 - ``django_onceonly.tasks.purge_expired``: delete expired records in batches.
 - ``django_onceonly.tasks.sync_redis_audit``: copy ``RedisStore`` records to the
   ``IdempotencyRecord`` table (the admin's audit trail); run it every few seconds.
+- ``django_onceonly.tasks.relay_outbox``: publish the outbox rows a crash or a broker
+  outage left behind (``onceonly_relay`` as a beat task); run it every few seconds.
 """
 
 from __future__ import annotations
@@ -48,3 +50,26 @@ else:
     sync_redis_audit = shared_task(
         name="django_onceonly.tasks.sync_redis_audit", ignore_result=True
     )(_sync_redis_audit)
+
+
+def _relay_outbox(
+    batch_size: int = 100, time_limit: float = 50.0, app: Any = None
+) -> dict[str, Any]:
+    """Publish pending outbox rows until none is due or ``time_limit`` seconds have passed."""
+    from .outbox import drain
+
+    report = drain(app=app, batch_size=batch_size, time_limit=time_limit)
+    return {"published": report.published, "failed": report.failed, "error": report.error}
+
+
+relay_outbox: Any
+try:
+    from celery import shared_task as _shared_task
+except ImportError:
+    relay_outbox = _relay_outbox
+else:
+    # Several beats at once are safe: each row is taken with SKIP LOCKED (one relay on
+    # SQLite). Bound, so the rows are published through the app that runs the task.
+    @_shared_task(bind=True, name="django_onceonly.tasks.relay_outbox", ignore_result=True)
+    def relay_outbox(self: Any, batch_size: int = 100, time_limit: float = 50.0) -> dict[str, Any]:
+        return _relay_outbox(batch_size=batch_size, time_limit=time_limit, app=self.app)
