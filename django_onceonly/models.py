@@ -181,10 +181,10 @@ class OutboxMessage(models.Model):
         verbose_name = _("outbox message")
         verbose_name_plural = _("outbox messages")
         indexes = [
-            # Serves the relay's scan and the alert (published_at IS NULL, oldest first)
-            # and the purge (published_at <= cutoff). Not a partial index: MySQL and
-            # MariaDB have none, and Django warns about one there on every migrate.
-            models.Index(fields=["published_at", "created_at"], name="onceonly_outbox_state_idx"),
+            # Serves the relay's scan (published_at IS NULL, by id: oldest first) and the
+            # purge (published_at <= cutoff). Not a partial index: MySQL and MariaDB have
+            # none, and Django warns about one there on every migrate.
+            models.Index(fields=["published_at", "id"], name="onceonly_outbox_state_idx"),
         ]
 
     def __str__(self) -> str:
