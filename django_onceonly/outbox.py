@@ -11,17 +11,18 @@ The transactional outbox, in three parts:
 1. :func:`enqueue` writes an :class:`~django_onceonly.models.OutboxMessage` row in the
    caller's transaction on ``ONCEONLY_DATABASE`` (the row commits or rolls back with
    the caller's data) and registers the *fast path* with ``transaction.on_commit``.
-2. The fast path publishes right after the commit and marks the row published. Where
-   the database has ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL, MariaDB 10.6+,
-   MySQL 8) it holds the row's lock while publishing, so the relay never publishes the
-   same row at the same time; a row the relay holds is left to the relay.
+2. The fast path publishes right after the commit; a thread marks the rows published
+   in batches (one ``UPDATE`` per half second, not a second commit per enqueue). The
+   relay leaves rows younger than :data:`RELAY_MIN_AGE` alone, so it does not publish
+   what the fast path has just published.
 3. The relay (:func:`relay`, :func:`drain`, :func:`relay_forever`; ``manage.py
    onceonly_relay`` and the beat task ``django_onceonly.tasks.relay_outbox``) publishes
    the rows a crash or a broker outage left behind. Several relays share the work
    through ``SKIP LOCKED``; on SQLite, which has no row locks, run one relay.
 
-Publishing is at least once: a process that dies after the broker accepted a message
-and before the row was marked publishes it again from the relay. Both copies carry the
+Publishing is at least once: a row whose process died after the broker accepted the
+message and before the mark was written (or whose mark came later than
+``RELAY_MIN_AGE``) is published again by the relay. Both copies carry the
 same task id, and an ``OnceTask`` runs its body once per intent, so the effect is once.
 
 Celery is imported only inside the functions that publish, so this module (and the
@@ -30,10 +31,12 @@ system check it registers) loads without the ``[celery]`` extra.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime as dt
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -59,6 +62,7 @@ __all__ = [
     "RelayReport",
     "drain",
     "enqueue",
+    "flush",
     "outbox_health",
     "purge_published",
     "relay",
@@ -69,8 +73,11 @@ logger = logging.getLogger("django_onceonly")
 
 # The apply_async options enqueue() takes; any other keyword is the task's own argument.
 OPTIONS = ("countdown", "eta", "queue")
-# The relay leaves rows younger than this to the fast path that is about to publish them.
-RELAY_MIN_AGE = 2.0
+# The fast path's marks are written in batches this often (seconds), by one thread.
+MARK_INTERVAL = 0.5
+# The relay leaves rows younger than this (seconds) to the fast path: it publishes them
+# within milliseconds and its mark follows within MARK_INTERVAL.
+RELAY_MIN_AGE = 5.0
 # The relay publishes with a short retry policy of its own (one reconnect, for a pooled
 # connection the broker dropped) and backs off between passes while the broker is down.
 RELAY_RETRY_POLICY = {
@@ -235,10 +242,6 @@ def _record_failure(alias: str, pks: Sequence[int], exc: BaseException) -> None:
     )
 
 
-def _has_row_locks(alias: str) -> bool:
-    return bool(connections[alias].features.has_select_for_update_skip_locked)
-
-
 def _publish_now(
     task: Task[..., Any],
     message: OutboxMessage,
@@ -246,26 +249,16 @@ def _publish_now(
     kwargs: dict[str, Any],
     alias: str,
 ) -> None:
-    """The fast path: publish a committed row at once and mark it published."""
-    rows = OutboxMessage.objects.using(alias)
+    """The fast path: publish a committed row at once; its mark follows in a batch.
+
+    The caller pays for the publish alone. Marking the row in the same breath would cost
+    a second commit (a second disk flush) per enqueue; :data:`_marks` writes the marks of
+    every row this process published, one ``UPDATE`` per database each
+    :data:`MARK_INTERVAL`. A mark lost to a crash, or later than :data:`RELAY_MIN_AGE`,
+    lets the relay publish the row again, with the same task id.
+    """
     try:
-        if not _has_row_locks(alias):
-            # SQLite: no row locks, and holding its one write lock while publishing
-            # would stall every writer. The relay leaves rows younger than
-            # RELAY_MIN_AGE alone, which is what keeps the two apart here.
-            task.apply_async(args, kwargs, **_options(message))
-            rows.filter(pk=message.pk, published_at__isnull=True).update(
-                published_at=timezone.now()
-            )
-            return
-        with transaction.atomic(using=alias):
-            mine = rows.filter(pk=message.pk, published_at__isnull=True).select_for_update(
-                skip_locked=True
-            )
-            if not mine.values_list("pk", flat=True):
-                return  # the relay holds it, or has published it already
-            task.apply_async(args, kwargs, **_options(message))
-            rows.filter(pk=message.pk).update(published_at=timezone.now())
+        task.apply_async(args, kwargs, **_options(message))
     except Exception as exc:
         # The row stays pending: the relay publishes it. The caller's commit stands.
         logger.warning(
@@ -278,6 +271,77 @@ def _publish_now(
             _record_failure(alias, [message.pk], exc)
         except DatabaseError:
             logger.exception("django-onceonly: could not record the publish error")
+    else:
+        _marks.add(alias, message.pk)
+
+
+class _Marks:
+    """The rows this process published by the fast path, marked in batches by a thread.
+
+    One daemon thread per process (started on first use, again in a forked child) wakes
+    every :data:`MARK_INTERVAL` seconds and marks what was published since, with its own
+    database connection, closed when ``CONN_MAX_AGE`` says so. :func:`flush` marks at
+    once; it runs at interpreter exit too.
+    """
+
+    # Beyond this many unmarked rows (the database is down), the oldest marks are
+    # dropped: the relay will publish those rows again, which is harmless.
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[int]] = {}
+        self._mutex = threading.Lock()
+        self._flushing = threading.Lock()
+        self._pid = 0
+
+    def add(self, alias: str, pk: int) -> None:
+        with self._mutex:
+            if self._pid != os.getpid():
+                # A forked child inherits neither the thread nor its parent's marks.
+                self._pending = {}
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._run, name="onceonly-outbox-marks", daemon=True
+                ).start()
+            self._pending.setdefault(alias, []).append(pk)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(MARK_INTERVAL)
+            aliases = list(self._pending)
+            self.flush()
+            for alias in aliases:
+                connections[alias].close_if_unusable_or_obsolete()
+
+    def flush(self) -> int:
+        """Mark every row this process has published; return how many were marked."""
+        with self._flushing:
+            with self._mutex:
+                pending, self._pending = self._pending, {}
+            marked = 0
+            for alias, pks in pending.items():
+                try:
+                    for start in range(0, len(pks), 1000):
+                        marked += (
+                            OutboxMessage.objects.using(alias)
+                            .filter(pk__in=pks[start : start + 1000], published_at__isnull=True)
+                            .update(published_at=timezone.now())
+                        )
+                except DatabaseError as exc:
+                    logger.warning("django-onceonly: could not mark outbox rows published: %s", exc)
+                    with self._mutex:
+                        kept = pks + self._pending.get(alias, [])
+                        self._pending[alias] = kept[-self.LIMIT :]
+            return marked
+
+
+_marks = _Marks()
+atexit.register(_marks.flush)
+
+
+def flush() -> int:
+    """Mark the rows this process published by the fast path now (tests, shutdown hooks)."""
+    return _marks.flush()
 
 
 def _publish_row(app: Celery, message: OutboxMessage) -> None:
@@ -353,7 +417,7 @@ def relay(
         # find nothing to take.
         .order_by("id")
     )
-    if not _has_row_locks(alias):
+    if not connections[alias].features.has_select_for_update_skip_locked:
         return _relay_rows(celery_app, alias, list(pending[:batch_size]))
     with transaction.atomic(using=alias):
         rows = list(pending.select_for_update(skip_locked=True)[:batch_size])
@@ -429,8 +493,9 @@ def relay_forever(
 ) -> None:
     """Drain every ``interval`` seconds until ``stop`` is set (``onceonly_relay``'s loop).
 
-    While the broker or the database is down, the wait doubles after each stalled pass,
-    up to ``max_backoff`` seconds, and returns to ``interval`` once a pass gets through.
+    While the broker or the database is down, the wait doubles after each pass that
+    failed and published nothing, up to ``max_backoff`` seconds, and returns to
+    ``interval`` once a pass gets through.
     Setting ``stop`` ends the loop after the pass in progress, never in the middle of one.
     """
     alias = using or conf.ONCEONLY_DATABASE
@@ -444,7 +509,7 @@ def relay_forever(
             report = RelayReport(stalled=True, error=_describe(exc))
         if on_report is not None:
             on_report(report)
-        if report.stalled and not report.published:
+        if (report.stalled or report.failed) and not report.published:
             backoff = min(max(backoff * 2, interval), max_backoff)
         else:
             backoff = 0.0

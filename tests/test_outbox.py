@@ -32,6 +32,7 @@ from django.core.checks import Error
 from django.core.management import call_command
 from django.db import connections, transaction
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from kombu.exceptions import EncodeError
@@ -43,6 +44,7 @@ from django_onceonly.outbox import (
     check_outbox_alert,
     drain,
     enqueue,
+    flush,
     outbox_health,
     purge_published,
     relay,
@@ -138,6 +140,12 @@ class Abort(Exception):
     """Raised inside a transaction to roll it back."""
 
 
+@pytest.fixture(autouse=True)
+def _write_marks_before_the_tables_are_flushed() -> Iterator[None]:
+    yield
+    flush()
+
+
 def rows(backend: Backend) -> Any:
     return OutboxMessage.objects.using(backend.alias)
 
@@ -164,8 +172,24 @@ def test_enqueue_publishes_only_after_the_commit_and_marks_the_row(
     assert broker.args_of(result.id) == [[7], {"note": "hi"}]
     row = rows(backend).get()
     assert row.task_id == result.id
-    assert row.published_at is not None
     assert row.attempts == 0
+    # The mark follows within MARK_INTERVAL, written by the marks thread.
+    wait_until(lambda: rows(backend).get().published_at, "the row to be marked", 10)
+
+
+@needs_broker
+@on_each_database
+def test_the_caller_pays_one_insert_and_no_second_commit(backend: Backend, broker: Broker) -> None:
+    with CaptureQueriesContext(connections[backend.alias]) as queries:
+        with transaction.atomic(using=backend.alias):
+            enqueue(task(broker), 7)
+        assert len(broker.task_ids()) == 1  # published before the block returned
+
+    statements = [query["sql"].split()[0].upper() for query in queries.captured_queries]
+    assert statements.count("INSERT") == 1
+    assert "UPDATE" not in statements
+    assert flush() == 1  # the mark, as the marks thread writes it
+    assert rows(backend).get().published_at is not None
 
 
 @needs_broker
@@ -192,6 +216,7 @@ def test_outside_a_transaction_enqueue_publishes_at_once(backend: Backend, broke
     result = task(broker, "once").enqueue("k1")
 
     assert broker.task_ids() == [result.id]
+    flush()
     assert rows(backend).get().published_at is not None
     # OnceTask's publish put the intent's key in the headers, as apply_async does.
     assert broker.messages()[0]["headers"]["onceonly_key"] == "o-k1"
@@ -392,44 +417,6 @@ def test_concurrent_relays_publish_each_row_once(backend: Backend, broker: Broke
     assert not rows(backend).pending().exists()
 
 
-@needs_broker
-@on_locking_databases
-def test_the_fast_path_leaves_a_row_the_relay_holds_to_the_relay(
-    backend: Backend, broker: Broker
-) -> None:
-    # The relay has locked the row (it is publishing it) when the commit's fast path runs.
-    held = threading.Event()
-    release = threading.Event()
-
-    def relay_holding_the_row() -> None:
-        try:
-            with transaction.atomic(using=backend.alias):
-                list(rows(backend).select_for_update().filter(task_name="outbox_tests.plain"))
-                held.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    with transaction.atomic(using=backend.alias):
-        result = enqueue(task(broker), 1)
-        row_id = rows(backend).get(task_id=result.id).pk
-    # The fast path published it (no lock then); now the same situation with a held row:
-    rows(backend).filter(pk=row_id).update(published_at=None)
-    thread = threading.Thread(target=relay_holding_the_row)
-    thread.start()
-    try:
-        assert held.wait(10)
-        from django_onceonly.outbox import _publish_now
-
-        message = rows(backend).get(pk=row_id)
-        _publish_now(task(broker), message, (1,), {}, backend.alias)
-    finally:
-        release.set()
-        thread.join()
-    assert broker.task_ids() == [result.id]  # the fast path did not publish it again
-    assert rows(backend).get(pk=row_id).published_at is None  # the relay's to mark
-
-
 # -- purge, monitoring, the command and the beat task ------------------------------------
 
 
@@ -439,6 +426,7 @@ def test_purge_deletes_published_rows_only(backend: Backend, broker: Broker) -> 
     with transaction.atomic(using=backend.alias):
         for user_id in range(3):
             enqueue(task(broker), user_id)
+    flush()
     waiting = pending_rows(backend, 2)
 
     assert purge_published(dry_run=True, using=backend.alias) == 3
