@@ -27,6 +27,11 @@ same task id, and an ``OnceTask`` runs its body once per intent, so the effect i
 
 Celery is imported only inside the functions that publish, so this module (and the
 system check it registers) loads without the ``[celery]`` extra.
+
+One module of about 600 lines, longer than the house's usual 400: enqueue, the fast
+path, its marks and the relay are one protocol over one row's life (the relay's
+minimum age exists because of the marks' delay), and reading them side by side is how
+that protocol is checked.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import datetime as dt
+import inspect
 import logging
 import math
 import os
@@ -168,8 +174,6 @@ def _message(
 
 
 def _check_options(task: Task[..., Any], given: dict[str, Any]) -> None:
-    import inspect
-
     run = getattr(task, "_orig_run", None) or getattr(task, "run", None)
     try:
         parameters = inspect.signature(run).parameters if run is not None else {}

@@ -53,12 +53,12 @@ else:
 
 
 def _relay_outbox(
-    batch_size: int = 100, time_limit: float = 50.0, app: Any = None
+    batch_size: int = 100, max_seconds: float = 50.0, app: Any = None
 ) -> dict[str, Any]:
-    """Publish pending outbox rows until none is due or ``time_limit`` seconds have passed."""
+    """Publish pending outbox rows until none is due or ``max_seconds`` have passed."""
     from .outbox import drain
 
-    report = drain(app=app, batch_size=batch_size, time_limit=time_limit)
+    report = drain(app=app, batch_size=batch_size, time_limit=max_seconds)
     return {"published": report.published, "failed": report.failed, "error": report.error}
 
 
@@ -71,5 +71,5 @@ else:
     # Several beats at once are safe: each row is taken with SKIP LOCKED (one relay on
     # SQLite). Bound, so the rows are published through the app that runs the task.
     @_shared_task(bind=True, name="django_onceonly.tasks.relay_outbox", ignore_result=True)
-    def relay_outbox(self: Any, batch_size: int = 100, time_limit: float = 50.0) -> dict[str, Any]:
-        return _relay_outbox(batch_size=batch_size, time_limit=time_limit, app=self.app)
+    def relay_outbox(self: Any, batch_size: int = 100, max_seconds: float = 50.0) -> dict[str, Any]:
+        return _relay_outbox(batch_size=batch_size, max_seconds=max_seconds, app=self.app)

@@ -41,6 +41,7 @@ from django_onceonly import InvalidKey
 from django_onceonly.celery import OnceTask
 from django_onceonly.models import OutboxMessage
 from django_onceonly.outbox import (
+    RelayReport,
     check_outbox_alert,
     drain,
     enqueue,
@@ -48,8 +49,9 @@ from django_onceonly.outbox import (
     outbox_health,
     purge_published,
     relay,
+    relay_forever,
 )
-from django_onceonly.tasks import _relay_outbox
+from django_onceonly.tasks import _relay_outbox, relay_outbox
 from tests.celery.fixtures import REDIS_BROKER, free_port, wait_until
 from tests.conftest import Backend, backend_params
 
@@ -352,6 +354,47 @@ def test_a_pass_stops_after_two_failures_in_a_row(down_broker: Broker) -> None:
     assert "Error" in report.error
 
 
+class RecordedStop(threading.Event):
+    """A stop event that records each wait of the relay loop instead of sleeping.
+
+    It stops the loop after ``passes`` waits, so the loop's backoff can be read
+    exactly, without timing anything.
+    """
+
+    def __init__(self, passes: int) -> None:
+        super().__init__()
+        self.passes = passes
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout or 0.0)
+        if len(self.waits) >= self.passes:
+            self.set()
+        return self.is_set()
+
+
+@needs_broker
+@pytest.mark.django_db(transaction=True)
+def test_the_relay_backs_off_while_the_broker_is_down_and_not_once_it_is_up(
+    down_broker: Broker, broker: Broker
+) -> None:
+    pending_rows(SQLITE, 3)
+    down = RecordedStop(passes=6)
+    relay_forever(down, app=down_broker.app, interval=0.1, max_backoff=0.5, min_age=0)
+    # Doubling from the interval, capped at max_backoff.
+    assert down.waits == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
+    assert OutboxMessage.objects.pending().count() == 3
+
+    up = RecordedStop(passes=3)
+    reports: list[RelayReport] = []
+    relay_forever(
+        up, app=broker.app, interval=0.1, max_backoff=0.5, min_age=0, on_report=reports.append
+    )
+    assert up.waits == [0.1, 0.1, 0.1]
+    assert [report.published for report in reports] == [3, 0, 0]
+    assert not OutboxMessage.objects.pending().exists()
+
+
 # -- the relay ---------------------------------------------------------------------------
 
 
@@ -486,6 +529,7 @@ def test_relay_command_once_and_the_beat_task_publish_what_is_due(
 
     second = pending_rows(SQLITE, 2)
     assert _relay_outbox(app=broker.app) == {"published": 2, "failed": 0, "error": ""}
+    assert relay_outbox.name == "django_onceonly.tasks.relay_outbox"
     assert set(broker.task_ids()) == first | second
 
 
