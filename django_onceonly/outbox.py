@@ -77,8 +77,6 @@ __all__ = [
 
 logger = logging.getLogger("django_onceonly")
 
-# The apply_async options enqueue() takes; any other keyword is the task's own argument.
-OPTIONS = ("countdown", "eta", "queue")
 # The fast path's marks are written in batches this often (seconds), by one thread.
 MARK_INTERVAL = 0.5
 # The relay leaves rows younger than this (seconds) to the fast path: it publishes them
@@ -125,10 +123,10 @@ def enqueue(
     alias = conf.ONCEONLY_DATABASE
     message = _message(task, args, kwargs, countdown=countdown, eta=eta, queue=queue)
     if transaction.get_connection(alias).in_atomic_block:
-        _write(task, message, args, kwargs, alias)
+        _write(task, message, alias)
     else:
         with transaction.atomic(using=alias):
-            _write(task, message, args, kwargs, alias)
+            _write(task, message, alias)
     return task.AsyncResult(message.task_id)
 
 
@@ -209,19 +207,11 @@ def _eta(eta: dt.datetime | None, countdown: float | None) -> dt.datetime | None
     return eta
 
 
-def _write(
-    task: Task[..., Any],
-    message: OutboxMessage,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    alias: str,
-) -> None:
+def _write(task: Task[..., Any], message: OutboxMessage, alias: str) -> None:
     message.save(using=alias, force_insert=True)
     # robust: the caller's transaction has committed by then; a failure here must not
     # look like a failed commit (the relay publishes the row).
-    transaction.on_commit(
-        partial(_publish_now, task, message, args, kwargs, alias), using=alias, robust=True
-    )
+    transaction.on_commit(partial(_publish_now, task, message, alias), using=alias, robust=True)
 
 
 # -- publishing -------------------------------------------------------------------------
@@ -236,6 +226,13 @@ def _options(message: OutboxMessage) -> dict[str, Any]:
     return options
 
 
+def _decode(message: OutboxMessage) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    from kombu.utils.json import loads
+
+    body = loads(message.payload)
+    return tuple(body["args"]), dict(body["kwargs"])
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
 
@@ -246,13 +243,7 @@ def _record_failure(alias: str, pks: Sequence[int], exc: BaseException) -> None:
     )
 
 
-def _publish_now(
-    task: Task[..., Any],
-    message: OutboxMessage,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    alias: str,
-) -> None:
+def _publish_now(task: Task[..., Any], message: OutboxMessage, alias: str) -> None:
     """The fast path: publish a committed row at once; its mark follows in a batch.
 
     The caller pays for the publish alone. Marking the row in the same breath would cost
@@ -262,6 +253,9 @@ def _publish_now(
     lets the relay publish the row again, with the same task id.
     """
     try:
+        # The arguments as the row holds them, as the relay would publish them: the
+        # caller may have changed its own objects since the call.
+        args, kwargs = _decode(message)
         task.apply_async(args, kwargs, **_options(message))
     except Exception as exc:
         # The row stays pending: the relay publishes it. The caller's commit stands.
@@ -349,10 +343,7 @@ def flush() -> int:
 
 
 def _publish_row(app: Celery, message: OutboxMessage) -> None:
-    from kombu.utils.json import loads
-
-    body = loads(message.payload)
-    args, kwargs = tuple(body["args"]), dict(body["kwargs"])
+    args, kwargs = _decode(message)
     options = {**_options(message), "retry_policy": RELAY_RETRY_POLICY}
     task = app.tasks.get(message.task_name)
     if task is not None:

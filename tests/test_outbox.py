@@ -264,6 +264,17 @@ def test_rich_arguments_reach_the_broker_as_the_caller_passed_them(broker: Broke
     assert broker.args_of("relayed") == broker.args_of(first.id)
 
 
+@needs_broker
+@pytest.mark.django_db(transaction=True)
+def test_the_message_carries_the_arguments_as_they_were_at_the_call(broker: Broker) -> None:
+    items = [1]
+    with transaction.atomic():
+        result = enqueue(task(broker), items)
+        items.append(2)  # the caller's own object changes before the commit
+
+    assert broker.args_of(result.id) == [[[1]], {}]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_unserialisable_arguments_are_refused_and_nothing_is_written(broker: Broker) -> None:
     with transaction.atomic():
