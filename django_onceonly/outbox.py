@@ -301,6 +301,7 @@ class _Marks:
                 threading.Thread(
                     target=self._run, name="onceonly-outbox-marks", daemon=True
                 ).start()
+                _flush_when_the_pool_process_ends()
             self._pending.setdefault(alias, []).append(pk)
 
     def _run(self) -> None:
@@ -335,6 +336,20 @@ class _Marks:
 
 _marks = _Marks()
 atexit.register(_marks.flush)
+
+
+def _flush_on_signal(**kwargs: Any) -> None:
+    _marks.flush()
+
+
+def _flush_when_the_pool_process_ends() -> None:
+    # A Celery pool process (a task that enqueues) ends with os._exit, which skips
+    # atexit: its last marks would be lost and the relay would publish those rows again.
+    from celery import signals
+
+    signals.worker_process_shutdown.connect(
+        _flush_on_signal, weak=False, dispatch_uid="django_onceonly.outbox.marks"
+    )
 
 
 def flush() -> int:

@@ -195,6 +195,19 @@ def test_the_caller_pays_one_insert_and_no_second_commit(backend: Backend, broke
 
 
 @needs_broker
+@pytest.mark.django_db(transaction=True)
+def test_a_celery_pool_process_writes_its_marks_as_it_ends(broker: Broker) -> None:
+    # Pool processes end with os._exit (no atexit): the shutdown signal writes the marks.
+    from celery import signals
+
+    with transaction.atomic():
+        enqueue(task(broker), 1)
+    signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+
+    assert OutboxMessage.objects.get().published_at is not None
+
+
+@needs_broker
 @on_each_database
 def test_a_rolled_back_transaction_publishes_nothing_and_leaves_no_row(
     backend: Backend, broker: Broker
