@@ -323,7 +323,7 @@ class _Marks:
                     for start in range(0, len(pks), 1000):
                         marked += (
                             OutboxMessage.objects.using(alias)
-                            .filter(pk__in=pks[start : start + 1000], published_at__isnull=True)
+                            .filter(pk__in=pks[start : start + 1000])  # by key, as the relay
                             .update(published_at=timezone.now())
                         )
                 except DatabaseError as exc:
@@ -453,9 +453,11 @@ def _relay_rows(app: Celery, alias: str, rows: list[OutboxMessage]) -> RelayRepo
         failures_in_a_row = 0
         published.append(message.pk)
     if published:
-        OutboxMessage.objects.using(alias).filter(
-            pk__in=published, published_at__isnull=True
-        ).update(published_at=timezone.now())
+        # By primary key alone: a condition on published_at may let MariaDB scan its
+        # index and wait for rows another relay holds, and two relays doing so deadlock.
+        OutboxMessage.objects.using(alias).filter(pk__in=published).update(
+            published_at=timezone.now()
+        )
     report.published = len(published)
     if report.failed:
         logger.warning(

@@ -392,8 +392,10 @@ def test_enqueues_from_four_processes_with_relays_racing_run_each_body_once(
     def executions() -> int:
         return sum(env.count(tag, "attempt") for tag in tags)
 
-    # Every message reaches the worker: one per fast path, one per relay publish.
-    wait_until(lambda: executions() == total + by_relay, "every copy to run", 240)
+    # Every message reaches the worker: one per fast path, one per relay publish (a relay
+    # pass that failed after publishing, e.g. a lock wait timeout, publishes uncounted).
+    wait_until(lambda: executions() >= total + by_relay, "every copy to run", 240)
+    sentinel(redis_worker)
     sent = Counter({tag: env.count(tag, "sent") for tag in tags})
     print(
         f"outbox race on {connections[outbox].vendor}: {total} intents enqueued by "
@@ -406,7 +408,7 @@ def test_enqueues_from_four_processes_with_relays_racing_run_each_body_once(
     # Every intent ran its body once, though some rows were published twice: the relays
     # (min_age=0) took rows the fast path had published before its mark was written.
     assert set(sent.values()) == {1}, [tag for tag, n in sent.items() if n != 1][:5]
-    assert executions() == total + by_relay
+    assert executions() >= total + by_relay
 
 
 # -- 5. the worker never sees a task before its data is committed -------------------------
