@@ -12,3 +12,4 @@ class OnceOnlyConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
         from .api import checks as api_checks  # noqa: F401  (the service API's own)
+        from .outbox import check_outbox_alert  # noqa: F401  (registers it)

@@ -547,3 +547,23 @@ class OnceTask(Task[..., Any]):
         if lock.record_status == IN_PROGRESS:
             raise InProgress(lock.key, lock.retry_after, lock.scope)
         raise IntentBlocked(lock.key, lock.record_status or UNKNOWN, lock.error, lock.scope)
+
+    # -- durable enqueue -------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *args: Any,
+        countdown: float | None = None,
+        eta: dt.datetime | None = None,
+        queue: str | None = None,
+        **kwargs: Any,
+    ) -> AsyncResult[Any]:
+        """Publish this task if and only if the current transaction commits (the outbox).
+
+        See :func:`django_onceonly.outbox.enqueue`: the message is written to the outbox
+        in the caller's transaction, published right after the commit, and by the relay
+        if the process dies or the broker is down before it could be.
+        """
+        from .outbox import enqueue
+
+        return enqueue(self, *args, countdown=countdown, eta=eta, queue=queue, **kwargs)

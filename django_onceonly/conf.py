@@ -16,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "ONCEONLY_ON_STORE_ERROR": "raise",
     "ONCEONLY_MAX_RESULT_BYTES": 1048576,
     "ONCEONLY_API_SCOPE": None,
+    "ONCEONLY_OUTBOX_ALERT_AFTER": 300,
 }
 
 
@@ -80,6 +81,11 @@ class Settings:
     @property
     def ONCEONLY_API_SCOPE(self) -> str | None:
         value: str | None = self._get("ONCEONLY_API_SCOPE")
+        return value
+
+    @property
+    def ONCEONLY_OUTBOX_ALERT_AFTER(self) -> float:
+        value: float = self._get("ONCEONLY_OUTBOX_ALERT_AFTER")
         return value
 
 

@@ -1,4 +1,4 @@
-"""The one model: :class:`IdempotencyRecord`, a row per intent."""
+"""The models: :class:`IdempotencyRecord`, a row per intent, and :class:`OutboxMessage`."""
 
 from __future__ import annotations
 
@@ -84,3 +84,85 @@ class IdempotencyRecord(models.Model):
     def lease_is_live(self, now: dt.datetime | None = None) -> bool:
         """True when an owner may be running this intent right now (``rules.lease_is_live``)."""
         return lease_is_live(self.status, self.lease_expires_at, now or timezone.now())
+
+
+class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
+    """Queries on the outbox that the relay, the purge, the stats and the admin share."""
+
+    def pending(self) -> OutboxMessageQuerySet:
+        """Messages written by a committed transaction and not yet published."""
+        return self.filter(published_at__isnull=True)
+
+    def published(self) -> OutboxMessageQuerySet:
+        return self.filter(published_at__isnull=False)
+
+    def older_than(self, seconds: float, now: dt.datetime | None = None) -> OutboxMessageQuerySet:
+        """Pending messages written more than ``seconds`` ago: what an alert looks at.
+
+        A few such rows mean a broker outage the relay is waiting out; a growing number
+        means no relay is running.
+        """
+        now = now or timezone.now()
+        return self.pending().filter(created_at__lte=now - dt.timedelta(seconds=seconds))
+
+    def purge_published(
+        self, *, older_than: float = 0.0, batch_size: int = 1000, dry_run: bool = False
+    ) -> int:
+        """Delete published messages (published more than ``older_than`` seconds ago).
+
+        In batches of ``batch_size``, each one short ``DELETE ... WHERE id IN (...)``,
+        as :meth:`IdempotencyRecordQuerySet.purge_expired` does. Pending messages are
+        never deleted.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        cutoff = timezone.now() - dt.timedelta(seconds=older_than)
+        done = self.filter(published_at__lte=cutoff)
+        if dry_run:
+            return done.count()
+        deleted = 0
+        while True:
+            ids = list(done.order_by("published_at").values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                return deleted
+            count, _ = self.filter(pk__in=ids, published_at__isnull=False).delete()
+            deleted += count
+            if len(ids) < batch_size:
+                return deleted
+
+
+class OutboxMessage(models.Model):
+    """A task to publish once the transaction that wrote it has committed (the outbox).
+
+    Written by :func:`django_onceonly.outbox.enqueue` in the caller's transaction;
+    published right after the commit, or later by the relay; ``published_at`` is set
+    once the broker has accepted it. ``payload`` holds the arguments as kombu's JSON
+    encodes them, so a message published by the relay carries what the caller passed.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    task_name = models.CharField(_("task name"), max_length=255)
+    task_id = models.CharField(_("task id"), max_length=255)
+    payload = models.TextField(_("arguments"))
+    queue = models.CharField(_("queue"), max_length=255, blank=True, default="")
+    eta = models.DateTimeField(_("eta"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    published_at = models.DateTimeField(_("published"), null=True, blank=True)
+    attempts = models.PositiveIntegerField(_("failed publish attempts"), default=0)
+    last_attempt_at = models.DateTimeField(_("last failed attempt"), null=True, blank=True)
+    last_error = models.TextField(_("last publish error"), blank=True, default="")
+
+    objects = OutboxMessageQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("outbox message")
+        verbose_name_plural = _("outbox messages")
+        indexes = [
+            # Serves the relay's scan (published_at IS NULL, by id: oldest first) and the
+            # purge (published_at <= cutoff). Not a partial index: MySQL and MariaDB have
+            # none, and Django warns about one there on every migrate.
+            models.Index(fields=["published_at", "id"], name="onceonly_outbox_state_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}]"

@@ -5,6 +5,8 @@
   ``IdempotencyRecord`` table (the admin's audit trail); run it every few seconds.
 - ``django_onceonly.tasks.resolve_unknown``: run the tasks' resolvers over ``unknown``
   intents (``manage.py onceonly_resolve``); run it every few minutes.
+- ``django_onceonly.tasks.relay_outbox``: publish the outbox rows a crash or a broker
+  outage left behind (``onceonly_relay`` as a beat task); run it every few seconds.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from .conf import conf
 def _purge_expired(batch_size: int = 1000, dry_run: bool = False) -> int:
     """Delete expired records of ``ONCEONLY_DATABASE`` in batches; return how many."""
     from .models import IdempotencyRecord
+    from .outbox import purge_published
 
     records = IdempotencyRecord.objects.using(conf.ONCEONLY_DATABASE)
-    return records.purge_expired(batch_size=batch_size, dry_run=dry_run)
+    count = records.purge_expired(batch_size=batch_size, dry_run=dry_run)
+    # Published outbox rows go with the records (pending ones always stay).
+    purge_published(batch_size=batch_size, dry_run=dry_run)
+    return count
 
 
 def _sync_redis_audit(batch_size: int = 1000) -> dict[str, Any]:
@@ -71,3 +77,26 @@ else:
     resolve_unknown = shared_task(name="django_onceonly.tasks.resolve_unknown", ignore_result=True)(
         _resolve_unknown
     )
+
+
+def _relay_outbox(
+    batch_size: int = 100, max_seconds: float = 50.0, app: Any = None
+) -> dict[str, Any]:
+    """Publish pending outbox rows until none is due or ``max_seconds`` have passed."""
+    from .outbox import drain
+
+    report = drain(app=app, batch_size=batch_size, time_limit=max_seconds)
+    return {"published": report.published, "failed": report.failed, "error": report.error}
+
+
+relay_outbox: Any
+try:
+    from celery import shared_task as _shared_task
+except ImportError:
+    relay_outbox = _relay_outbox
+else:
+    # Several beats at once are safe: each row is taken with SKIP LOCKED (one relay on
+    # SQLite). Bound, so the rows are published through the app that runs the task.
+    @_shared_task(bind=True, name="django_onceonly.tasks.relay_outbox", ignore_result=True)
+    def relay_outbox(self: Any, batch_size: int = 100, max_seconds: float = 50.0) -> dict[str, Any]:
+        return _relay_outbox(batch_size=batch_size, max_seconds=max_seconds, app=self.app)

@@ -176,6 +176,13 @@ def test_onceonly_stats_json_is_summarize_as_a_dict() -> None:
 
     printed = json.loads(out.getvalue())
     expected = summarize(top=1, cap=None).as_dict()
+    # The outbox's health follows the summary (tests/test_outbox.py).
+    assert printed.pop("outbox") == {
+        "pending": 0,
+        "late": 0,
+        "alert_after": 300,
+        "oldest_late": None,
+    }
     for volatile in ("now",):
         printed.pop(volatile)
         expected.pop(volatile)

@@ -400,3 +400,27 @@ def test_release_command_for_a_missing_key_is_an_error(backend: Backend) -> None
 def test_release_command_reports_an_invalid_key_as_a_command_error(backend: Backend) -> None:
     with pytest.raises(CommandError, match="key is 256 characters long; the limit is 255"):
         call_command("onceonly_release", "k" * 256, stdout=StringIO())
+
+
+@pytest.mark.django_db
+def test_purge_also_deletes_published_outbox_messages_and_keeps_pending_ones() -> None:
+    from django.utils import timezone
+
+    from django_onceonly.models import OutboxMessage
+
+    now = timezone.now()
+    OutboxMessage.objects.bulk_create(
+        [
+            OutboxMessage(task_name="t", task_id=f"p{n}", payload="[]", published_at=now)
+            for n in range(3)
+        ]
+        + [OutboxMessage(task_name="t", task_id="pending", payload="[]")]
+    )
+    out = StringIO()
+
+    call_command("onceonly_purge", stdout=out)
+
+    assert out.getvalue() == (
+        "Deleted 0 expired record(s).\nDeleted 3 published outbox message(s).\n"
+    )
+    assert list(OutboxMessage.objects.values_list("task_id", flat=True)) == ["pending"]

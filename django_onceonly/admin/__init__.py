@@ -51,6 +51,7 @@ from ..models import IdempotencyRecord
 from ..rules import Status
 from ..stats import summarize
 from ..stores.database import DatabaseStore
+from . import outbox as outbox  # registers OutboxMessageAdmin
 from .changelist import (
     LIST_DEFERRED,
     EstimatedCountPaginator,

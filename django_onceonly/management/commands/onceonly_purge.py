@@ -6,10 +6,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...conf import conf
 from ...models import IdempotencyRecord
+from ...outbox import purge_published
 
 
 class Command(BaseCommand):
-    help = "Delete expired idempotency records in batches."
+    help = "Delete expired idempotency records, and published outbox messages, in batches."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -22,7 +23,12 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         records = IdempotencyRecord.objects.using(conf.ONCEONLY_DATABASE)
         count = records.purge_expired(batch_size=batch_size, dry_run=dry_run)
+        published = purge_published(batch_size=batch_size, dry_run=dry_run)
         if dry_run:
             self.stdout.write(f"{count} expired record(s) would be deleted.")
+            if published:
+                self.stdout.write(f"{published} published outbox message(s) would be deleted.")
         else:
             self.stdout.write(f"Deleted {count} expired record(s).")
+            if published:
+                self.stdout.write(f"Deleted {published} published outbox message(s).")

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
+from ...outbox import outbox_health
 from ...stats import COUNT_CAP, RecordLine, Summary, summarize
 
 
@@ -37,10 +38,12 @@ class Command(BaseCommand):
         **options: Any,
     ) -> None:
         summary = summarize(using=database, top=max(top, 0), cap=None if exact else COUNT_CAP)
+        outbox = outbox_health(using=database)
         if as_json:
-            self.stdout.write(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+            data = {**summary.as_dict(), "outbox": outbox.as_dict()}
+            self.stdout.write(json.dumps(data, indent=2, ensure_ascii=False))
         else:
-            self.stdout.write(render(summary))
+            self.stdout.write(render(summary) + "\n\n" + outbox.describe())
 
 
 def _line(line: RecordLine) -> str:
