@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -202,6 +203,7 @@ def test_stale_leases_are_resolved_under_hold_and_left_alone_under_reclaim(
     backend: Backend, provider: Provider, settings: Any
 ) -> None:
     check_lock("crashed", lease=0.001, task_name=TASK)
+    time.sleep(0.01)  # past the 1 ms lease
     provider.accepted["crashed"] = {"id": "msg-9"}
     sync_if_redis(backend)
 
