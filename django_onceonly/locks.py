@@ -308,6 +308,11 @@ def check_lock(
         else optional_seconds(conf.ONCEONLY_TTL, "ONCEONLY_TTL")
     )
     lease_seconds = to_seconds(lease if lease is not None else conf.ONCEONLY_LEASE, "lease")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        # dict() would raise TypeError, or turn a string of pairs into a dict.
+        raise ValueError(
+            f"metadata must be a JSON-serialisable dict or None, not {type(metadata).__name__}"
+        )
     metadata_dict = dict(metadata or {})
     metadata_json = encode_metadata(metadata_dict)
     now = timezone.now()
