@@ -20,6 +20,28 @@ from .exceptions import InvalidResult, ResultTooLarge
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
+# MariaDB's JSON check (JSON_VALID) refuses arrays and objects nested 32 deep, so a
+# record must not nest deeper than 31 on any store: a value one store accepts must not
+# be a database error on another (found by tests/test_fuzz_core.py).
+MAX_DEPTH = 31
+
+
+def too_deep(value: Any) -> bool:
+    """Whether ``value`` nests lists and dicts more than :data:`MAX_DEPTH` levels."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
 
 def encode_result(result: Any) -> str:
     """Serialise ``result`` as stored, or raise ``InvalidResult`` / ``ResultTooLarge``."""
@@ -31,6 +53,10 @@ def encode_result(result: Any) -> str:
         ) from exc
     if "\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
         raise InvalidResult("result cannot be stored: it contains a NUL character (\\u0000)")
+    if too_deep(result):
+        raise InvalidResult(
+            f"result cannot be stored: it nests lists and dicts deeper than {MAX_DEPTH} levels"
+        )
     try:
         size = len(encoded.encode())
     except UnicodeEncodeError as exc:
@@ -48,12 +74,16 @@ def encode_metadata(metadata: dict[str, Any]) -> str:
     """Serialise a record's ``metadata`` as stored, or raise ``ValueError``."""
     try:
         encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"metadata must be a JSON-serialisable dict: {exc}") from exc
     if "\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
         raise ValueError("metadata cannot be stored: it contains a NUL character (\\u0000)")
     if _LONE_SURROGATE.search(encoded):
         raise ValueError("metadata cannot be stored: it contains a lone surrogate (not UTF-8)")
+    if too_deep(metadata):
+        raise ValueError(
+            f"metadata cannot be stored: it nests lists and dicts deeper than {MAX_DEPTH} levels"
+        )
     return encoded
 
 

@@ -357,6 +357,11 @@ class _Options:
             else optional_seconds(conf.ONCEONLY_TTL, "ONCEONLY_TTL")
         )
         lease_seconds = to_seconds(lease if lease is not None else conf.ONCEONLY_LEASE, "lease")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            # dict() would raise TypeError, or turn a string of pairs into a dict.
+            raise ValueError(
+                f"metadata must be a JSON-serialisable dict or None, not {type(metadata).__name__}"
+            )
         return cls(ttl_seconds, lease_seconds, dict(metadata or {}), on_error)
 
     def request(

@@ -13,13 +13,14 @@ from typing import Any
 
 from rest_framework import serializers
 
+from .. import encoding
 from ..exceptions import InvalidKey
 from ..keys import MAX_FINGERPRINT_LENGTH, validate_fingerprint, validate_key
 from ..rules import Status, seconds
 
-# How deep metadata and results may nest. JSON this deep is never data a person meant;
-# deeper, re-serialising it could exceed Python's recursion limit.
-MAX_DEPTH = 64
+# How deep metadata and results may nest: the rule every store can hold (MariaDB's
+# JSON check stops at 31 levels); deeper JSON is a field error, never a database error.
+MAX_DEPTH = encoding.MAX_DEPTH
 MAX_TOKEN_LENGTH = 128
 MAX_ERROR_LENGTH = 10_000
 
@@ -29,7 +30,7 @@ def json_problem(value: Any) -> str | None:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        if depth > MAX_DEPTH and isinstance(item, dict | list):
             return f"nests deeper than {MAX_DEPTH} levels"
         if isinstance(item, dict):
             for name, child in item.items():
