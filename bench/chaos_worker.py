@@ -16,6 +16,7 @@ made by a process that died, or could not write, before it completed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import smtplib
 import sys
@@ -140,10 +141,28 @@ lock_completed.connect(_completed, weak=False)
 
 @signals.task_failure.connect
 def _failed(sender: Any = None, exception: Any = None, args: Any = None, **_: Any) -> None:
-    # The only way StoreUnavailable fails this task: complete() after the email was sent
-    # (a claim that cannot be made retries instead). The record stays in_progress.
+    # StoreUnavailable fails this task only if complete() failed after the email was sent
+    # and the outcome could not be published for later either. The record stays in_progress.
     if isinstance(exception, StoreUnavailable) and args:
         journal("completion-failed", str(args[0]))
+
+
+class _DeferredCompletions(logging.Filter):
+    """Journals a completion the store refused (down) and OnceTask sent on in a message.
+
+    Such a run's lease can end before that message lands: with "reclaim" a waiting
+    duplicate may then send again, and the run must be able to name the cause.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "will be stored by a message" in record.msg and isinstance(record.args, tuple):
+            key = str(record.args[2])
+            if key.startswith("chaos-"):
+                journal("completion-deferred", key.removeprefix("chaos-"))
+        return True
+
+
+logging.getLogger("django_onceonly").addFilter(_DeferredCompletions())
 
 
 @app.task(

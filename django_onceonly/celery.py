@@ -21,6 +21,10 @@ How it works, in the order of a task's life:
    copy of that retry message finds the claim already handed over and is a duplicate.
 4. A lease shorter than the task's hard time limit (or with no time limit at all) is
    extended by a heartbeat thread while the body runs, so only a dead process loses it.
+5. When the store is down at the moment the body returns, the outcome is not lost: it
+   is published in a message of its own (the ``onceonly_finish`` header, with the owner
+   token and the encoded result) that stores it once the store answers again, and never
+   runs the body.
 
 Requires the ``[celery]`` extra. The module stays whole past the house's 400 lines: the
 claim's life (publish, execute, retry, wait, settle) is one state machine on one class;
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -39,8 +44,10 @@ from celery import Task, states
 from celery.exceptions import Reject, Retry, TaskPredicate
 from celery.result import AsyncResult, EagerResult
 from celery.utils import uuid
+from django.utils import timezone
 
 from .conf import conf
+from .encoding import encode_result
 from .exceptions import (
     DuplicateTask,
     InProgress,
@@ -54,7 +61,7 @@ from .exceptions import (
 from .heartbeat import Beat as _Beat
 from .heartbeat import heartbeat as _heartbeat
 from .keys import make_key, validate_scope
-from .locks import Lock, check_lock
+from .locks import LOCKED, Lock, check_lock
 from .rules import (
     ON_ERROR_CHOICES,
     TASK_ON_DUPLICATE_CHOICES,
@@ -73,6 +80,13 @@ logger = logging.getLogger("django_onceonly")
 HEADER_KEY = "onceonly_key"
 HEADER_SCOPE = "onceonly_scope"
 HEADER_TOKEN = "onceonly_token"
+# Only on a message that stores the outcome of a run whose store was down when its body
+# returned: {"token", "result" (the encoded result), "ttl", "attempt"}. It never runs the body.
+HEADER_FINISH = "onceonly_finish"
+# Such a message is sent again while the store stays down, this many seconds later,
+# doubling each time up to the cap. It does not use up the task's retries.
+FINISH_DELAY_FIRST = 1.0
+FINISH_DELAY_MAX = 60.0
 
 
 # The lease of a task with a hard time limit: the limit, plus this share of it, plus at
@@ -265,6 +279,9 @@ class OnceTask(Task[..., Any]):
             scope = str(headers.get(HEADER_SCOPE) or "")
         else:
             key, scope = self._once_identity(args, kwargs)
+        finish = headers.get(HEADER_FINISH)
+        if finish is not None:
+            return self._finish_from_message(key, scope, finish)
         hard_limit = self._hard_time_limit()
         claim = _Claim(key, scope, self._lease_seconds(hard_limit))
         setattr(request, _CLAIM_ATTR, claim)
@@ -317,6 +334,85 @@ class OnceTask(Task[..., Any]):
             # the task with the store's clear message.
             self._settle_error(claim, None)
             raise
+        except StoreUnavailable as exc:
+            # The body ran: its outcome must reach the store, or a later message would
+            # find the claim in progress forever. A message of its own carries it there.
+            self._finish_later(lock, encode_result(result), exc, attempt=0)
+        return result
+
+    def _finish_later(
+        self, lock: Lock, encoded: str, exc: StoreUnavailable, *, attempt: int
+    ) -> None:
+        """Publish a message that stores ``lock``'s outcome when the store is back."""
+        countdown = min(FINISH_DELAY_MAX, FINISH_DELAY_FIRST * 2**attempt)
+        headers = self._headers(token=None)
+        headers[HEADER_FINISH] = {
+            "token": lock.token,
+            "result": encoded,
+            "ttl": lock.ttl,
+            "attempt": attempt + 1,
+        }
+        signature = self.signature_from_request(self.request, countdown=countdown, headers=headers)
+        try:
+            signature.apply_async()
+        except Exception:
+            logger.exception(
+                "django-onceonly: task %s ran but its outcome could not be stored (%s) nor "
+                "published for later; key %r stays in progress until its lease ends, then "
+                "ONCEONLY_AFTER_LEASE applies",
+                self.name,
+                exc,
+                lock.key,
+            )
+            return
+        logger.warning(
+            "django-onceonly: task %s ran but the store is unavailable (%s); the outcome "
+            "of key %r will be stored by a message in %.0fs (attempt %d)",
+            self.name,
+            exc,
+            lock.key,
+            countdown,
+            attempt + 1,
+        )
+
+    def _finish_from_message(self, key: str, scope: str, finish: Any) -> Any:
+        """Store the outcome a ``_finish_later`` message carries; the body does not run."""
+        try:
+            token, encoded = finish["token"], finish["result"]
+            ttl, attempt = finish["ttl"], int(finish["attempt"])
+            if not (isinstance(token, str) and token and isinstance(encoded, str)):
+                raise TypeError("token and result must be text")
+            if ttl is not None:
+                ttl = float(ttl)
+            result = json.loads(encoded)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Reject(f"malformed {HEADER_FINISH} header: {exc}", requeue=False) from exc
+        lock = Lock(
+            key=key,
+            scope=scope,
+            status=LOCKED,
+            record=None,
+            token=token,
+            ttl=ttl,
+            on_error=self.once_on_error,
+            transactional=False,
+            now=timezone.now(),
+        )
+        try:
+            lock.complete(result)
+        except StoreUnavailable as exc:
+            self._finish_later(lock, encoded, exc, attempt=attempt)
+        except LockLost:
+            # Another claim took the key over after this run's lease ended (reclaim):
+            # the outcome belongs to that claim now.
+            logger.warning(
+                "django-onceonly: task %s could not store the outcome of key %r: it was "
+                "taken over after the lease of the run that produced it ended",
+                self.name,
+                key,
+            )
+        else:
+            logger.info("django-onceonly: stored the outcome of key %r after an outage", key)
         return result
 
     def _stop_beat(self, claim: _Claim) -> None:
@@ -383,6 +479,7 @@ class OnceTask(Task[..., Any]):
         claim = _current_claim(self)
         headers = dict(self.request.headers or {})
         headers.pop(HEADER_TOKEN, None)
+        headers.pop(HEADER_FINISH, None)
         if claim is not None:
             headers[HEADER_KEY] = claim.key
             headers[HEADER_SCOPE] = claim.scope
@@ -500,6 +597,7 @@ class OnceTask(Task[..., Any]):
         headers[HEADER_KEY] = key
         headers[HEADER_SCOPE] = scope
         headers.pop(HEADER_TOKEN, None)
+        headers.pop(HEADER_FINISH, None)
         in_canvas = bool(
             link
             or link_error

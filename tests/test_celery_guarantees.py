@@ -379,6 +379,51 @@ def test_store_down_runs_nothing_and_the_task_retries_until_it_is_back(
     assert "StoreUnavailable" in redis_worker.worker.log_text()
 
 
+def test_store_down_when_the_body_returns_stores_the_outcome_from_a_message_once_it_is_back(
+    redis_worker: Running,
+) -> None:
+    # The claim goes through the proxy; the proxy is cut while the body runs, so the
+    # outcome cannot be stored when it returns. It must not stay in progress forever,
+    # and the body must not run again.
+    tasks, env = redis_worker.tasks, redis_worker.env
+    tag = new_tag()
+    proxy = TcpProxy(env.outage_port, ("127.0.0.1", 5432))
+    proxy.open()
+    try:
+        result = tasks.send.apply_async(
+            (tag,), {"sleep": 1.0}, **with_settings(ONCEONLY_DATABASE="outage")
+        )
+        wait_until(lambda: env.count(tag, "start"), "the body to start")
+        proxy.close()
+        value = result.get(timeout=RESULT_TIMEOUT)
+        wait_until(
+            lambda: f"the outcome of key 'send-{tag}' will be stored by a message"
+            in redis_worker.worker.log_text(),
+            "the worker to publish the outcome",
+        )
+        # Two finish messages find the store still down before it comes back.
+        wait_until(lambda: env.count(tag, "attempt") >= 3, "the outcome's message to retry")
+        held = record(f"send-{tag}")
+        assert held is not None
+        assert held.status == "in_progress"
+        proxy.open()
+        wait_until(
+            lambda: getattr(record(f"send-{tag}"), "status", None) == "completed",
+            "the outcome to be stored",
+        )
+    finally:
+        proxy.close()
+
+    stored = record(f"send-{tag}")
+    assert stored is not None
+    assert stored.result == value
+    assert env.count(tag, "start") == 1
+    assert env.count(tag, "sent") == 1
+    # A later message for the intent is a duplicate answered with that outcome.
+    assert tasks.send.delay(tag).get(timeout=RESULT_TIMEOUT) == value
+    assert env.count(tag, "sent") == 1
+
+
 def test_store_down_with_on_store_error_run_runs_unprotected_and_warns(
     redis_worker: Running,
 ) -> None:
