@@ -57,13 +57,16 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 # (exact up to 2**53 us, the year 2255). "Forever" is ``ONCEONLY_TTL = None``, never a
 # huge number.
 MAX_SECONDS = 100 * 365 * 86_400
+# Stores keep times to the microsecond: a shorter span would be stored as none at all.
+MIN_SECONDS = 1e-6
 
 
 def seconds(value: Any, name: str) -> float:
     """``value`` (seconds or a ``timedelta``) as a float, or ``ValueError`` naming ``name``.
 
-    Valid: finite, above zero and at most :data:`MAX_SECONDS`. Booleans, NaN, infinity,
-    zero, negatives and ``timedelta.max`` are refused before anything is written.
+    Valid: finite, at least :data:`MIN_SECONDS` (a microsecond) and at most
+    :data:`MAX_SECONDS`. Booleans, NaN, infinity, zero, negatives, spans under a
+    microsecond and ``timedelta.max`` are refused before anything is written.
     """
     number = value.total_seconds() if isinstance(value, dt.timedelta) else value
     if (
@@ -75,6 +78,11 @@ def seconds(value: Any, name: str) -> float:
         raise ValueError(
             f"{name} must be a positive number of seconds or a timedelta, at most "
             f"{MAX_SECONDS} (100 years), not {value!r}"
+        )
+    if number < MIN_SECONDS:
+        raise ValueError(
+            f"{name} must be at least one microsecond (stores keep times to the "
+            f"microsecond), not {value!r}"
         )
     return float(number)
 

@@ -149,6 +149,13 @@ def test_invalid_scope_is_refused(backend: Backend, scope: Any, message: str) ->
         ),
         ({"ttl": 3_153_600_001}, ValueError, f"{AT_MOST}, not 3153600001"),
         ({"ttl": True}, ValueError, f"{AT_MOST}, not True"),
+        ({"ttl": 1e-81}, ValueError, "ttl must be at least one microsecond (stores keep"),
+        (
+            {"lease": dt.timedelta(microseconds=0.4)},
+            ValueError,
+            "lease must be a positive number of seconds",
+        ),
+        ({"lease": 5e-7}, ValueError, "lease must be at least one microsecond"),
         ({"lease": 0}, ValueError, "lease must be a positive number of seconds"),
         ({"lease": "60"}, ValueError, "lease must be a positive number of seconds"),
         (
@@ -173,6 +180,9 @@ def test_invalid_scope_is_refused(backend: Backend, scope: Any, message: str) ->
         "ttl-timedelta-max",
         "ttl-over-100-years",
         "ttl-bool",
+        "ttl-under-a-microsecond",
+        "lease-timedelta-rounds-to-0",
+        "lease-under-a-microsecond",
         "lease-0",
         "lease-str",
         "lease-inf",

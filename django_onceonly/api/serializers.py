@@ -98,7 +98,7 @@ class FingerprintField(StrictCharField):
 
 
 class SecondsField(serializers.FloatField):
-    """A span in seconds: a JSON number above 0 and at most 100 years (``rules.seconds``)."""
+    """A span in seconds: a JSON number from a microsecond to 100 years (``rules.seconds``)."""
 
     default_error_messages = {"invalid": "A number of seconds is required."}
 
