@@ -397,8 +397,10 @@ def test_store_down_when_the_body_returns_stores_the_outcome_from_a_message_once
         proxy.close()
         value = result.get(timeout=RESULT_TIMEOUT)
         wait_until(
-            lambda: f"the outcome of key 'send-{tag}' will be stored by a message"
-            in redis_worker.worker.log_text(),
+            lambda: (
+                f"the outcome of key 'send-{tag}' will be stored by a message"
+                in redis_worker.worker.log_text()
+            ),
             "the worker to publish the outcome",
         )
         # Two finish messages find the store still down before it comes back.
