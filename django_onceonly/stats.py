@@ -41,8 +41,8 @@ __all__ = [
 
 DUPLICATES_WINDOW = dt.timedelta(hours=24)
 # The admin's summary reads at most about this many rows for its duplicates figures (a
-# sample of the pages of a larger PostgreSQL table): about 100 ms of reading.
-SUMMARY_SCAN_LIMIT = 1_000_000
+# sample of the pages of a larger PostgreSQL table): about 100 ms of reading here.
+SUMMARY_SCAN_LIMIT = 500_000
 
 
 @dataclass(frozen=True, slots=True)
