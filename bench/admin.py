@@ -163,12 +163,8 @@ FROM (
 """
 
 
-def load(rows: int) -> float:
-    from django.db import connection
-
-    started = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute(LOAD, {"rows": rows})
+def vacuum_analyze(connection: Any) -> None:
+    """``VACUUM ANALYZE`` the records table of a Django connection (outside a transaction)."""
     connection.ensure_connection()
     raw = connection.connection
     autocommit = raw.autocommit
@@ -178,6 +174,15 @@ def load(rows: int) -> float:
             cursor.execute(f"VACUUM ANALYZE {TABLE}")
     finally:
         raw.autocommit = autocommit
+
+
+def load(rows: int) -> float:
+    from django.db import connection
+
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(LOAD, {"rows": rows})
+    vacuum_analyze(connection)
     return time.perf_counter() - started
 
 

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import django
 from django.conf import settings
 
-from bench.admin import LOAD, TABLE
+from bench.admin import LOAD, TABLE, server_connection, vacuum_analyze
 
 RESULT = {"message_id": "bench-0001", "accepted": True}
 PG = {
@@ -77,20 +77,6 @@ def configure(db_name: str) -> None:
     django.setup()
 
 
-def server() -> Any:
-    """An autocommit psycopg connection to the server's ``postgres`` database."""
-    import psycopg
-
-    return psycopg.connect(
-        host=PG["HOST"],
-        port=PG["PORT"],
-        user=PG["USER"],
-        password=PG["PASSWORD"] or None,
-        dbname="postgres",
-        autocommit=True,
-    )
-
-
 def count(alias: str) -> int:
     from django.db import connections
 
@@ -102,16 +88,7 @@ def count(alias: str) -> int:
 def vacuum(alias: str) -> None:
     from django.db import connections
 
-    connection = connections[alias]
-    connection.ensure_connection()
-    raw = connection.connection
-    autocommit = raw.autocommit
-    raw.autocommit = True
-    try:
-        with raw.cursor() as cursor:
-            cursor.execute(f"VACUUM ANALYZE {TABLE}")
-    finally:
-        raw.autocommit = autocommit
+    vacuum_analyze(connections[alias])
 
 
 def prepare(pg: Any, alias: str, rows: int, keep: bool) -> float | None:
@@ -234,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.db_name)
     from django.db import connections
 
-    pg = server()
+    pg = server_connection(PG)
     names = [settings.DATABASES[size]["NAME"] for size in SIZES]
     purge_name = settings.DATABASES["purge"]["NAME"]
     started = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
