@@ -200,6 +200,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         fields: tuple[str, ...],
         *,
         sample_percent: float | None = None,
+        sample_seed: int = 0,
     ) -> tuple[int, int, list[tuple[Any, ...]]]:
         """Duplicates blocked by the records whose last duplicate came ``since``, how
         many records those are, and the ``fields`` of the ``top`` of them by duplicates
@@ -212,11 +213,14 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
 
         With ``sample_percent`` (PostgreSQL only) it reads that share of the table's
         pages (``TABLESAMPLE SYSTEM``) instead: the totals are those of the sample scaled
-        up to the whole table (estimates), the top records those of the sample.
+        up to the whole table (estimates), the top records those of the sample. The same
+        ``sample_seed`` on the same table reads the same pages (``REPEATABLE``): the
+        figures hold still, and a second read finds the pages in the operating system's
+        cache.
         """
         recent = self.filter(last_duplicate_at__gte=since, duplicates_blocked__gt=0)
         if sample_percent is not None:
-            return self._sampled_duplicates(recent, top, fields, sample_percent)
+            return self._sampled_duplicates(recent, top, fields, sample_percent, sample_seed)
         if top < 1:
             totals = recent.order_by().aggregate(
                 duplicates=Sum("duplicates_blocked"), records=CountAggregate("pk")
@@ -240,6 +244,7 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         top: int,
         fields: tuple[str, ...],
         percent: float,
+        seed: int,
     ) -> tuple[int, int, list[tuple[Any, ...]]]:
         conn = connections[self.db]
         if conn.vendor != "postgresql":
@@ -259,8 +264,9 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         source = f"FROM {table}"
         if sql.count(source) != 1:  # never: one table, no join
             raise RuntimeError(f"cannot sample this query: {sql}")
-        # A float of our own, not user input: written into the SQL as a literal.
-        sql = sql.replace(source, f"{source} TABLESAMPLE SYSTEM ({float(percent)!r})")
+        # Numbers of our own, not user input: written into the SQL as literals.
+        sample = f"TABLESAMPLE SYSTEM ({float(percent)!r}) REPEATABLE ({int(seed)})"
+        sql = sql.replace(source, f"{source} {sample}")
         with conn.cursor() as cursor:
             cursor.execute(sql, params)
             found = cursor.fetchall()

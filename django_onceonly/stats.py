@@ -185,7 +185,13 @@ def summarize(
         if size is not None and size > scan_limit:
             sample_percent = max(100.0 * scan_limit / size, 0.01)
     duplicates, with_duplicates, top_keys = records.recent_duplicates(
-        now - window, top, LINE_FIELDS, sample_percent=sample_percent
+        now - window,
+        top,
+        LINE_FIELDS,
+        sample_percent=sample_percent,
+        # The same pages for an hour: the figures hold still between two looks, and a
+        # second look finds the pages cached; the next hour samples other pages.
+        sample_seed=int(now.timestamp() // 3600),
     )
     attention = records.needs_attention(now).order_by("-created_at")
     return Summary(
