@@ -60,7 +60,9 @@ def table_rows(printed: str) -> list[list[str]]:
     return [
         [cell.strip() for cell in line.strip("|").split("|")]
         for line in printed.splitlines()
-        if line.startswith("| ") and not line.startswith("| store") and "---" not in line
+        if line.startswith("| ")
+        and not line.startswith(("| store", "| operation"))
+        and "---" not in line
     ]
 
 
