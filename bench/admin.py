@@ -15,7 +15,8 @@ warm up and ``--repeat`` times more; the table shows the median and the slowest 
 those, the number of SQL queries the page ran, and the most rows of the records table
 that one of those queries read, per ``EXPLAIN ANALYZE`` (the target: at most a tenth of
 the table, so no query reads it all, or the bounded count's ``COUNT_CAP + 1`` rows on a
-small table; the summary's one pass over it is by design, see ``docs/admin.md``). ``--explain`` also prints the plan of each page's slowest query.
+small table; the summary's duplicates read the whole table up to
+``SUMMARY_SCAN_LIMIT`` rows and a sample of that size above it, see ``docs/admin.md``). ``--explain`` also prints the plan of each page's slowest query.
 
 The database keeps the migrations' indexes; a kept database made before a new
 migration is migrated on the next run (the rows stay).
@@ -162,12 +163,8 @@ FROM (
 """
 
 
-def load(rows: int) -> float:
-    from django.db import connection
-
-    started = time.perf_counter()
-    with connection.cursor() as cursor:
-        cursor.execute(LOAD, {"rows": rows})
+def vacuum_analyze(connection: Any) -> None:
+    """``VACUUM ANALYZE`` the records table of a Django connection (outside a transaction)."""
     connection.ensure_connection()
     raw = connection.connection
     autocommit = raw.autocommit
@@ -177,6 +174,15 @@ def load(rows: int) -> float:
             cursor.execute(f"VACUUM ANALYZE {TABLE}")
     finally:
         raw.autocommit = autocommit
+
+
+def load(rows: int) -> float:
+    from django.db import connection
+
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(LOAD, {"rows": rows})
+    vacuum_analyze(connection)
     return time.perf_counter() - started
 
 
@@ -185,7 +191,9 @@ class Page:
     name: str
     url: str
     params: dict[str, Any]
-    reads_table: bool = False  # designed to read the whole table once (see docs/admin.md)
+    # Designed to read this many rows at most, whatever the table's size (the summary's
+    # duplicates: the whole table up to its scan limit, a sample of pages above it).
+    bound: int | None = None
 
 
 @dataclass
@@ -201,6 +209,8 @@ class Measured:
 
 def pages(sample: Any) -> list[Page]:
     from django.urls import reverse
+
+    from django_onceonly.stats import SUMMARY_SCAN_LIMIT
 
     info = "admin:django_onceonly_idempotencyrecord"
     changelist = reverse(f"{info}_changelist")
@@ -225,7 +235,8 @@ def pages(sample: Any) -> list[Page]:
         Page("search exact key", changelist, {"q": sample["key"]}),
         Page("search key prefix", changelist, {"q": sample["prefix"]}),
         Page("search + status filter", changelist, {"q": "charge_1", "status__exact": "failed"}),
-        Page("summary", reverse(f"{info}_summary"), {}, reads_table=True),
+        # A sample is whole pages drawn at random: its size varies by a few percent.
+        Page("summary", reverse(f"{info}_summary"), {}, bound=int(SUMMARY_SCAN_LIMIT * 1.1)),
         Page("detail page", reverse(f"{info}_change", args=[sample["pk"]]), {}),
         Page("release confirmation", reverse(f"{info}_release"), {"ids": str(sample["pk"])}),
     ]
@@ -310,10 +321,10 @@ def report(results: list[Measured], rows: int, load_s: float | None, describe: s
     bound = max(rows // 10, COUNT_CAP + 1)
     passed = True
     for m in results:
-        bounded = m.rows_read <= bound or m.page.reads_table
+        bounded = m.rows_read <= max(bound, m.page.bound or 0)
         ok = m.median_ms < TARGET_MS and bounded and m.status == 200
         passed &= ok
-        note = " (one pass, by design)" if m.page.reads_table else ""
+        note = f" (at most about {m.page.bound:,}, by design)" if m.page.bound else ""
         print(
             f"| {m.page.name} | {m.median_ms:.1f} | {m.max_ms:.1f} | {m.queries} | "
             f"{m.rows_read:,}{note} | {'yes' if ok else 'NO'} |"

@@ -227,7 +227,7 @@ class FloorSQL:
     Columns and values go by name (the model's fields), never by position.
     """
 
-    def __init__(self, alias: str, table: str) -> None:
+    def __init__(self, alias: str, table: str, existing: int = DUPLICATE_KEYS) -> None:
         from django.db import connections
 
         from django_onceonly.models import IdempotencyRecord
@@ -271,11 +271,12 @@ class FloorSQL:
             f"{q('expires_at')} = %s WHERE {q('scope')} = %s AND {q('key')} = %s"
         )
         self.result = json.dumps(RESULT)
-        self.existing = [new_key() for _ in range(DUPLICATE_KEYS)]
+        self.existing = [new_key() for _ in range(existing)]
         for key in self.existing:
             self.claim(key)
 
-    def claim(self, key: str) -> None:
+    def claim(self, key: str) -> bool:
+        """Insert the claim's row unless ``key`` has one; return whether this inserted it."""
         from django.utils import timezone
 
         adapt = self.connection.ops.adapt_datetimefield_value
@@ -291,6 +292,7 @@ class FloorSQL:
         }
         with self.connection.cursor() as cursor:
             cursor.execute(self.insert, [by_name[name] for name in self.parameters])
+            return bool(cursor.rowcount == 1)
 
     def claim_complete(self, n: int) -> None:
         from django.utils import timezone

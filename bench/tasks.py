@@ -9,13 +9,21 @@ of its own) runs N no-op tasks of each kind per round, in the same run:
 - ``once``: the same body with ``base=OnceTask, once_key="bench-{run}-{i}"``: every
   message is a new intent, so each execution claims its key and stores its result
   (``DatabaseStore`` on PostgreSQL, a scratch database this script creates and drops);
+- ``durable``: the cheapest correct at-most-once task, written by hand, the floor
+  ``OnceTask`` is held to: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` of the
+  intent's row into the same records table before the body (the body is skipped when
+  the row was already there), one ``UPDATE`` of it to ``completed`` after, both
+  autocommit on the same database; with ``--store redis``, ``SET NX PX`` of the key
+  before and ``SET XX`` of the result after, on the store's Redis;
 - ``duplicate``: ``once`` messages for intents that already completed (each execution
   answers with the stored result).
 
 For each round the N messages are first published to a queue nobody consumes; the
 clock starts when the worker is told to consume it (``add_consumer``) and stops when the
 N-th task has finished (a ``task_postrun`` receiver counts them in Redis, for every kind
-alike). Kinds alternate within a round; each figure is the median over the rounds.
+alike). Kinds alternate within a round, each round starting with the next kind; each
+figure is the median over the rounds, and the ratios' line also gives the median of
+the per-round ratios (each round's kinds ran within seconds of each other).
 The worker's database connection is persistent (``CONN_MAX_AGE=None``), as it should be
 in any worker that uses the database on every task.
 """
@@ -49,6 +57,7 @@ STORES = {
     "redis": "django_onceonly.stores.RedisStore",
 }
 TARGET = 0.7  # OnceTask throughput at least this share of the plain task's
+DURABLE_TARGET = 0.9  # ... and at least this share of the hand-written durable task's
 
 
 def _configure() -> None:
@@ -111,6 +120,50 @@ def noop(run: str, i: int) -> None:
 
 @app.task(name="bench.once_noop", base=OnceTask, shared=False, once_key="bench-{run}-{i}")
 def once_noop(run: str, i: int) -> None:
+    return None
+
+
+# The hand-written durable task: what each store's "claim, run, record" costs by hand.
+RECORDS = "django_onceonly_idempotencyrecord"
+DURABLE_INSERT = f"""
+INSERT INTO {RECORDS} (scope, key, status, owner_token, fingerprint, error, task_name,
+    task_id, metadata, created_at, updated_at, lease_expires_at, duplicates_blocked)
+VALUES ('', %s, 'in_progress', %s, '', '', 'bench.durable_noop', %s, '{{}}', now(), now(),
+    now() + interval '5 minutes', 0)
+ON CONFLICT (scope, key) DO NOTHING RETURNING id
+"""
+DURABLE_UPDATE = f"""
+UPDATE {RECORDS} SET status = 'completed', result = 'null', updated_at = now(),
+    completed_at = now(), lease_expires_at = NULL, expires_at = now() + interval '1 day'
+WHERE id = %s
+"""
+_store_redis: Any = None
+
+
+@app.task(name="bench.durable_noop", bind=True, shared=False)
+def durable_noop(self: Any, run: str, i: int) -> None:
+    global _store_redis
+    key = f"bench-durable-{run}-{i}"
+    token = uuid.uuid4().hex
+    if os.environ.get("ONCEONLY_BENCH_STORE", "database") == "redis":
+        if _store_redis is None:
+            import redis
+
+            _store_redis = redis.Redis.from_url(REDIS_STORE)
+        name = f"{settings.CACHES['onceonly']['KEY_PREFIX']}:{key}"
+        if not _store_redis.set(name, token, nx=True, px=300_000):
+            return None  # claimed before: at most once
+        _store_redis.set(name, "null", xx=True, px=86_400_000)
+        return None
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(DURABLE_INSERT, [key, token, self.request.id or ""])
+        row = cursor.fetchone()
+        if row is None:
+            return None  # claimed before: at most once
+        # The body (a no-op, as in the other kinds) runs here.
+        cursor.execute(DURABLE_UPDATE, [row[0]])
     return None
 
 
@@ -182,7 +235,7 @@ def measure(kind: str, n: int, hostname: str, client: Any, completed_run: str) -
     """Tasks per second for one round of ``n`` tasks of ``kind``."""
     queue = f"onceonly-bench-{kind}-{uuid.uuid4().hex[:8]}"
     run = uuid.uuid4().hex[:12]
-    task: Any = noop if kind == "plain" else once_noop
+    task: Any = {"plain": noop, "durable": durable_noop}.get(kind, once_noop)
     if kind == "duplicate":
         run = completed_run
     with app.producer_or_acquire() as producer:
@@ -235,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     idle = f"onceonly-bench-idle-{uuid.uuid4().hex[:8]}"
     log = os.path.join("/tmp", f"onceonly-bench-tasks-{os.getpid()}.log")
     process = start_worker(db_name, idle, hostname, log, args.concurrency, args.store)
-    figures: dict[str, list[float]] = {"plain": [], "once": [], "duplicate": []}
+    figures: dict[str, list[float]] = {"plain": [], "durable": [], "once": [], "duplicate": []}
     try:
         # Warm-up (and the completed intents the "duplicate" rounds ask for again).
         completed = uuid.uuid4().hex[:12]
@@ -245,14 +298,18 @@ def main(argv: list[str] | None = None) -> int:
                 once_noop.apply_async((completed, i), queue=idle, producer=producer)
             for i in range(warm_n):
                 noop.apply_async((completed, i), queue=idle, producer=producer)
+                durable_noop.apply_async((completed, i), queue=idle, producer=producer)
         while (
             store.get("", f"bench-{completed}-{args.n - 1}") is None
-            or int(client.get(COUNTER.format(idle)) or 0) < args.n + warm_n
+            or int(client.get(COUNTER.format(idle)) or 0) < args.n + 2 * warm_n
         ):
             time.sleep(0.1)
         time.sleep(1)
-        for _ in range(args.rounds):
-            for kind in figures:
+        kinds = list(figures)
+        for round_no in range(args.rounds):
+            # Each round starts with the next kind: none always follows the same one.
+            start = round_no % len(kinds)
+            for kind in kinds[start:] + kinds[:start]:
                 figures[kind].append(measure(kind, args.n, hostname, client, completed))
     finally:
         stop_worker(process)
@@ -277,15 +334,30 @@ def main(argv: list[str] | None = None) -> int:
         + ("; synchronous_commit=off" if args.no_fsync_wait else "")
     )
     print()
-    print(f"{'kind':<12}{'tasks/s':>10}{'ratio':>8}   rounds (tasks/s)")
+    print(f"{'kind':<12}{'tasks/s':>10}{'x plain':>9}{'x durable':>11}   rounds (tasks/s)")
     for kind, values in figures.items():
-        ratio = median[kind] / median["plain"]
         rounds = " ".join(f"{value:.0f}" for value in values)
-        print(f"{kind:<12}{median[kind]:>10.0f}{ratio:>8.2f}   {rounds}")
-    ratio = median["once"] / median["plain"]
-    verdict = "meets" if ratio >= TARGET else "MISSES"
-    print(f"\nOnceTask (new intents) / plain Task = {ratio:.2f}: {verdict} the target {TARGET}")
-    return 1 if args.check and ratio < TARGET else 0
+        print(
+            f"{kind:<12}{median[kind]:>10.0f}{median[kind] / median['plain']:>9.2f}"
+            f"{median[kind] / median['durable']:>11.2f}   {rounds}"
+        )
+    print()
+    missed = False
+    for floor, target, label in (
+        ("plain", TARGET, "plain Task"),
+        ("durable", DURABLE_TARGET, "hand-written durable task"),
+    ):
+        ratio = median["once"] / median[floor]
+        per_round = statistics.median(
+            once / other for once, other in zip(figures["once"], figures[floor], strict=True)
+        )
+        missed |= ratio < target
+        verdict = "meets" if ratio >= target else "MISSES"
+        print(
+            f"OnceTask (new intents) / {label} = {ratio:.2f} (median of the rounds' ratios "
+            f"{per_round:.2f}): {verdict} the target {target}"
+        )
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

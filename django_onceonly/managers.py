@@ -175,8 +175,32 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
             cursor.execute(sql, [limit])
             return [str(row[0]) for row in cursor.fetchall()]
 
+    def estimated_size(self) -> int | None:
+        """The number of rows in the records table per the planner's statistics, or ``None``.
+
+        PostgreSQL only (``pg_class.reltuples``, kept by ``VACUUM``/``ANALYZE`` and
+        autovacuum: one catalogue row, whatever the table's size); ``None`` elsewhere and
+        on a table never analysed.
+        """
+        conn = connections[self.db]
+        if conn.vendor != "postgresql":
+            return None
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                [conn.ops.quote_name(self.model._meta.db_table)],
+            )
+            row = cursor.fetchone()
+        return int(row[0]) if row and row[0] >= 0 else None
+
     def recent_duplicates(
-        self, since: dt.datetime, top: int, fields: tuple[str, ...]
+        self,
+        since: dt.datetime,
+        top: int,
+        fields: tuple[str, ...],
+        *,
+        sample_percent: float | None = None,
+        sample_seed: int = 0,
     ) -> tuple[int, int, list[tuple[Any, ...]]]:
         """Duplicates blocked by the records whose last duplicate came ``since``, how
         many records those are, and the ``fields`` of the ``top`` of them by duplicates
@@ -186,8 +210,17 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         updates it, and an index on it would stop PostgreSQL from updating those rows in
         place (HOT), making each duplicate check slower. So this reads the table once,
         and asks for the totals and the top records in that one pass (window aggregates).
+
+        With ``sample_percent`` (PostgreSQL only) it reads that share of the table's
+        pages (``TABLESAMPLE SYSTEM``) instead: the totals are those of the sample scaled
+        up to the whole table (estimates), the top records those of the sample. The same
+        ``sample_seed`` on the same table reads the same pages (``REPEATABLE``): the
+        figures hold still, and a second read finds the pages in the operating system's
+        cache.
         """
         recent = self.filter(last_duplicate_at__gte=since, duplicates_blocked__gt=0)
+        if sample_percent is not None:
+            return self._sampled_duplicates(recent, top, fields, sample_percent, sample_seed)
         if top < 1:
             totals = recent.order_by().aggregate(
                 duplicates=Sum("duplicates_blocked"), records=CountAggregate("pk")
@@ -204,6 +237,44 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         if not rows:
             return 0, 0, []
         return int(rows[0][-2]), int(rows[0][-1]), [row[: len(fields)] for row in rows]
+
+    def _sampled_duplicates(
+        self,
+        recent: IdempotencyRecordQuerySet,
+        top: int,
+        fields: tuple[str, ...],
+        percent: float,
+        seed: int,
+    ) -> tuple[int, int, list[tuple[Any, ...]]]:
+        conn = connections[self.db]
+        if conn.vendor != "postgresql":
+            raise ValueError("a sampled read needs PostgreSQL (TABLESAMPLE)")
+        if not 0 < percent <= 100:
+            raise ValueError("sample_percent must be in (0, 100]")
+        rows = (
+            recent.annotate(
+                window_duplicates=Window(Sum("duplicates_blocked")),
+                window_records=Window(CountAggregate("pk")),
+            )
+            .order_by("-duplicates_blocked", "-last_duplicate_at", "-pk")
+            .values_list(*fields, "window_duplicates", "window_records")[: max(top, 1)]
+        )
+        sql, params = rows.query.sql_with_params()
+        table = conn.ops.quote_name(self.model._meta.db_table)
+        source = f"FROM {table}"
+        if sql.count(source) != 1:  # never: one table, no join
+            raise RuntimeError(f"cannot sample this query: {sql}")
+        # Numbers of our own, not user input: written into the SQL as literals.
+        sample = f"TABLESAMPLE SYSTEM ({float(percent)!r}) REPEATABLE ({int(seed)})"
+        sql = sql.replace(source, f"{source} {sample}")
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchall()
+        if not found:
+            return 0, 0, []
+        scale = 100.0 / percent
+        lines = [row[: len(fields)] for row in found] if top >= 1 else []
+        return round(int(found[0][-2]) * scale), round(int(found[0][-1]) * scale), lines
 
     # -- conditional deletes ---------------------------------------------------------
 

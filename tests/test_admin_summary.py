@@ -9,15 +9,17 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.contrib.admin import site
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connections
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from django_onceonly import check_lock
 from django_onceonly.models import IdempotencyRecord, Status
-from django_onceonly.stats import summarize
+from django_onceonly.stats import LINE_FIELDS, summarize
 from tests.conftest import Backend, backend_params
 from tests.factories import IdempotencyRecordFactory
 
@@ -199,3 +201,66 @@ def test_onceonly_stats_on_an_empty_table() -> None:
 
     assert re.search(r"total\s+0$", out.getvalue(), re.M)
     assert "Duplicates blocked, last 24 h: 0" in out.getvalue()
+
+
+def analyze(using: str) -> int:
+    """``ANALYZE`` the records table; return the planner's row estimate."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"ANALYZE {IdempotencyRecord._meta.db_table}")
+    size = IdempotencyRecord.objects.using(using).estimated_size()
+    assert size is not None
+    return size
+
+
+on_postgres = pytest.mark.parametrize("backend", backend_params("postgres"), indirect=True)
+
+
+@on_postgres
+def test_a_sample_of_every_page_reads_the_same_duplicates_as_the_whole_table(
+    backend: Backend,
+) -> None:
+    now = populate(backend.alias)
+    records = IdempotencyRecord.objects.using(backend.alias)
+    since = now - dt.timedelta(hours=24)
+
+    sampled = records.recent_duplicates(since, 10, LINE_FIELDS, sample_percent=100)
+
+    assert sampled == records.recent_duplicates(since, 10, LINE_FIELDS)
+    assert sampled[:2] == (47, 2)
+
+
+@on_postgres
+def test_summary_samples_the_duplicates_of_a_table_above_the_scan_limit(
+    backend: Backend, admin_client: Client, settings: Any
+) -> None:
+    now = populate(backend.alias)
+    IdempotencyRecord.objects.using(backend.alias).bulk_create(
+        IdempotencyRecordFactory.build_batch(300)
+    )
+    size = analyze(backend.alias)
+    assert size >= 300
+
+    whole = summarize(now=now, scan_limit=size)
+    sampled = summarize(now=now, scan_limit=size // 4)
+
+    assert whole.sample_percent is None
+    assert (whole.duplicates_in_window, str(whole.duplicates_count)) == (47, "47")
+    assert sampled.sample_percent == pytest.approx(100 * (size // 4) / size)
+    assert not sampled.duplicates_count.exact
+    assert not sampled.records_with_duplicates_count.exact
+    assert sampled.as_dict()["duplicates_sample_percent"] == sampled.sample_percent
+    # Counts by status do not depend on the sample.
+    assert sampled.by_status == whole.by_status
+
+    page = admin_client.get(reverse(SUMMARY)).content.decode()
+    assert 'id="onceonly-duplicates-sample"' not in page  # the default limit: a million rows
+    admin = site._registry[IdempotencyRecord]
+    settings.ONCEONLY_DATABASE = backend.alias
+    original = admin.summary_scan_limit
+    admin.summary_scan_limit = size // 4
+    try:
+        page = admin_client.get(reverse(SUMMARY)).content.decode()
+    finally:
+        admin.summary_scan_limit = original
+    assert 'id="onceonly-duplicates-sample"' in page
+    assert re.search(r"estimates from a sample of about 2\d(\.\d+)?% of it", page)
