@@ -8,6 +8,7 @@ those names, so nothing here depends on the order of ``Record``'s fields.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,27 +31,40 @@ DAMAGED_REPLY = "ONCEONLY_DAMAGED "
 # write, when the record is damaged: a Lua error whose text starts with DAMAGED_REPLY.
 
 
-def _lua_list(names: Sequence[str]) -> str:
-    return "{" + ", ".join(f"'{name}'" for name in names) + "}"
-
-
 def _lua_set(names: Sequence[str]) -> str:
     return "{" + ", ".join(f"{name} = true" for name in names) + "}"
 
 
-def _lua_index(names: Sequence[str]) -> str:
-    return "{" + ", ".join(f"{name} = {n}" for n, name in enumerate(names, 1)) + "}"
+# Fields the scripts compare or increment as numbers: load() refuses a record where one
+# is not an integer.
+NUMBERS = ("expires_at", "lease_expires_at", "duplicates_blocked")
+
+
+def _lua_integer_check(name: str) -> str:
+    return (
+        f"  if v[F.{name}] and not string.match(v[F.{name}], '^%-?%d+$') then\n"
+        f"    damaged('{name} is not an integer')\n"
+        "  end"
+    )
+
+
+# F.<field> in a script's source -> the field's position in a load() (Lua counts from 1).
+_POSITION = re.compile(r"\bF\.([a-z_]+)\b")
+
+
+def _positions(source: str) -> str:
+    def number(match: re.Match[str]) -> str:
+        return str(FIELDS.index(match.group(1)) + 1)
+
+    return _POSITION.sub(number, source)
 
 
 _COMMON = (
     """
 local rec = KEYS[1]
--- The record's hash fields, and the position of each in a load(): v[F.status] and so on.
-local FIELDS = @FIELDS@
-local F = @INDEX@
+-- Scripts index a load() by field name, as F.<name>; Script() writes each of these as
+-- the field's position, so no table of positions is built on every call.
 local STATUSES = @STATUSES@
--- Fields the scripts compare or increment as numbers before they write.
-local NUMBERS = {F.expires_at, F.lease_expires_at, F.duplicates_blocked}
 local function mark(kind)
   if #KEYS >= 3 then
     local seq = redis.call('INCR', KEYS[3])
@@ -65,7 +79,7 @@ end
 -- scripts cannot work on; Python checks the rest when it reads the reply. The common
 -- cases cost one HMGET.
 local function load()
-  local v = redis.pcall('HMGET', rec, unpack(FIELDS))
+  local v = redis.pcall('HMGET', rec, @FIELDS@)
   if v.err then
     damaged('the key holds a Redis ' .. redis.call('TYPE', rec)['ok'] .. ', not a hash')
   end
@@ -76,11 +90,8 @@ local function load()
   end
   if not STATUSES[status] then damaged('status is not a status') end
   if not v[F.owner_token] or v[F.owner_token] == '' then damaged('no owner_token field') end
-  for _, i in ipairs(NUMBERS) do
-    if v[i] and not string.match(v[i], '^%-?%d+$') then
-      damaged(FIELDS[i] .. ' is not an integer')
-    end
-  end
+  -- fields the scripts compare or increment as numbers before they write
+@NUMBERS@
   return v
 end
 -- {outcome, JSON array of the fields in FIELDS order (false for a missing one, the
@@ -90,8 +101,8 @@ local function reply(outcome, v)
   v[F.result] = false
   return {outcome, cjson.encode(v), result}
 end
-""".replace("@FIELDS@", _lua_list(FIELDS))
-    .replace("@INDEX@", _lua_index(FIELDS))
+""".replace("@FIELDS@", ", ".join(f"'{name}'" for name in FIELDS))
+    .replace("@NUMBERS@", "\n".join(_lua_integer_check(name) for name in NUMBERS))
     .replace("@STATUSES@", _lua_set(STATUSES))
     .replace("@DAMAGED@", DAMAGED_REPLY)
 )
@@ -282,7 +293,7 @@ class Script:
     """A Lua script run with ``EVALSHA``, loaded on the first ``NOSCRIPT`` (one round trip)."""
 
     def __init__(self, body: str, *, common: bool = True) -> None:
-        self.source = _COMMON + body if common else body
+        self.source = _positions(_COMMON + body if common else body)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def load(self, conn: Redis) -> None:
