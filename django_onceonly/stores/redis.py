@@ -435,11 +435,13 @@ class RedisStore(BaseStore):
         expires_at: dt.datetime | None,
         transactional: bool,
     ) -> bool:
+        now_us = to_micros(now)
+        expires_us: int | str = ""
         keep_ms = ""
         if expires_at is not None:
-            remaining = (to_micros(expires_at) - to_micros(now)) / 1000
+            expires_us = to_micros(expires_at)
             grace = AUDIT_GRACE_MS if self.audit else 0
-            keep_ms = str(max(1, math.ceil(remaining)) + grace)
+            keep_ms = str(max(1, math.ceil((expires_us - now_us) / 1000)) + grace)
         done = self._run(
             FINISH,
             scope,
@@ -450,8 +452,8 @@ class RedisStore(BaseStore):
                 result_json or "",
                 "0" if result_json is None else "1",
                 error,
-                to_micros(now),
-                "" if expires_at is None else to_micros(expires_at),
+                now_us,
+                expires_us,
                 keep_ms,
             ],
         )
