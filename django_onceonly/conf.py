@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -20,16 +20,47 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_MISSING = object()
+
+
 class Settings:
-    """Typed access to the ``ONCEONLY_*`` settings; never cached, so ``override_settings`` works.
+    """Typed access to the ``ONCEONLY_*`` settings; values never cached, so ``override_settings`` works.
 
     This is the one reader of Django settings in the package: the system checks read the
     raw values through :meth:`get`, everything else through the typed properties.
     """
 
+    def __init__(self) -> None:
+        # The settings object last read, its attribute count then, and the names it did
+        # not define (see get()).
+        self._absent: tuple[object, int, frozenset[str]] = (None, -1, frozenset())
+
     def get(self, name: str) -> Any:
-        """The raw value of ``name`` as configured, or its default."""
-        return getattr(settings, name, DEFAULTS[name])
+        """The raw value of ``name`` as configured, or its default.
+
+        Read live each time. Django answers a defined setting from its own cache, but an
+        undefined one by raising and catching ``AttributeError`` (about 2 µs, several
+        times per claim), so the names found undefined are remembered for as long as the
+        settings object stays the same one with the same number of attributes.
+        ``override_settings`` swaps the object, and assigning or deleting a setting
+        changes the count, so either is seen at the next read.
+        """
+        try:
+            wrapped = cast(Any, settings)._wrapped
+            size = len(wrapped.__dict__)
+        except AttributeError:  # not configured yet: Django's own error, or a default
+            return getattr(settings, name, DEFAULTS[name])
+        seen, seen_size, absent = self._absent
+        if seen is wrapped and seen_size == size:
+            if name in absent:
+                return DEFAULTS[name]
+        else:
+            absent = frozenset()
+        value = getattr(settings, name, _MISSING)
+        if value is _MISSING:
+            self._absent = (wrapped, size, absent | {name})
+            return DEFAULTS[name]
+        return value
 
     _get = get
 

@@ -43,6 +43,16 @@ def too_deep(value: Any) -> bool:
     return False
 
 
+def _may_be_too_deep(encoded: str) -> bool:
+    """Whether the JSON text ``encoded`` could nest deeper than :data:`MAX_DEPTH`.
+
+    Nesting ``MAX_DEPTH + 1`` levels takes that many opening brackets, so text with fewer
+    is never too deep and :func:`too_deep` need not walk it (the common case, on every
+    claim and completion). Brackets inside strings only make this answer yes more often.
+    """
+    return encoded.count("[") + encoded.count("{") > MAX_DEPTH
+
+
 def encode_result(result: Any) -> str:
     """Serialise ``result`` as stored, or raise ``InvalidResult`` / ``ResultTooLarge``."""
     try:
@@ -53,7 +63,7 @@ def encode_result(result: Any) -> str:
         ) from exc
     if "\\u0000" in encoded and _ESCAPED_NUL.search(encoded):
         raise InvalidResult("result cannot be stored: it contains a NUL character (\\u0000)")
-    if too_deep(result):
+    if _may_be_too_deep(encoded) and too_deep(result):
         raise InvalidResult(
             f"result cannot be stored: it nests lists and dicts deeper than {MAX_DEPTH} levels"
         )
@@ -72,6 +82,8 @@ def encode_result(result: Any) -> str:
 
 def encode_metadata(metadata: dict[str, Any]) -> str:
     """Serialise a record's ``metadata`` as stored, or raise ``ValueError``."""
+    if not metadata:  # the common case, on every claim
+        return "{}"
     try:
         encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
@@ -80,7 +92,7 @@ def encode_metadata(metadata: dict[str, Any]) -> str:
         raise ValueError("metadata cannot be stored: it contains a NUL character (\\u0000)")
     if _LONE_SURROGATE.search(encoded):
         raise ValueError("metadata cannot be stored: it contains a lone surrogate (not UTF-8)")
-    if too_deep(metadata):
+    if _may_be_too_deep(encoded) and too_deep(metadata):
         raise ValueError(
             f"metadata cannot be stored: it nests lists and dicts deeper than {MAX_DEPTH} levels"
         )

@@ -59,6 +59,7 @@ from ..exceptions import DamagedRecord, StoreUnavailable
 from ..rules import Status
 from .base import (
     STATUSES,
+    TIME_FIELDS,
     BaseStore,
     ClaimRequest,
     ClaimResult,
@@ -114,6 +115,15 @@ def _text(raw: bytes | str | bool | None) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+# Positions in FIELDS order, resolved once: record_from_values runs on every duplicate check.
+_AT = {name: FIELDS.index(name) for name in FIELDS}
+_TIMES = tuple((name, FIELDS.index(name)) for name in FIELDS if name in TIME_FIELDS)
+_TEXTS = tuple(
+    (name, FIELDS.index(name))
+    for name in ("scope", "key", "fingerprint", "error", "task_name", "task_id")
+)
+
+
 def record_from_values(
     values: Sequence[bytes | str | bool | None], result: bytes | str | None = None
 ) -> Record:
@@ -124,27 +134,20 @@ def record_from_values(
     ``ValueError`` saying what is wrong when the values are not a record (edited by
     hand, say); the store turns that into :class:`~django_onceonly.DamagedRecord`.
     """
-    raw = dict(zip(FIELDS, values, strict=True))
-    if raw["result"]:
-        result = raw["result"]  # type: ignore[assignment]
-    # This runs on every duplicate check: settings are read once, not per field.
+    if len(values) != len(FIELDS):
+        raise ValueError(f"{len(values)} values for {len(FIELDS)} fields")
+    if values[_AT["result"]]:
+        result = values[_AT["result"]]  # type: ignore[assignment]
+    # Settings are read once, not per field.
     aware = settings.USE_TZ
-
-    def when(name: str) -> dt.datetime | None:
-        value = raw[name]
-        if not value:
-            return None
-        moment = _EPOCH + dt.timedelta(microseconds=int(value))
-        return moment if aware else moment.replace(tzinfo=None)
-
     try:
-        status = _text(raw["status"])
+        status = _text(values[_AT["status"]])
         if status not in STATUSES:
             raise ValueError(f"status {status[:40]!r} is not a status" if status else "no status")
-        owner_token = _text(raw["owner_token"])
+        owner_token = _text(values[_AT["owner_token"]])
         if not owner_token:
             raise ValueError("no owner_token")
-        metadata_text = raw["metadata"]
+        metadata_text = values[_AT["metadata"]]
         metadata = (
             json.loads(metadata_text)  # type: ignore[arg-type]
             if metadata_text and metadata_text not in (b"{}", "{}")
@@ -152,24 +155,19 @@ def record_from_values(
         )
         if not isinstance(metadata, dict):
             raise ValueError("metadata is not a JSON object")
+        fields: dict[str, Any] = {name: _text(values[i]) for name, i in _TEXTS}
+        for name, i in _TIMES:
+            value = values[i]
+            if value:
+                moment = _EPOCH + dt.timedelta(0, 0, int(value))
+                fields[name] = moment if aware else moment.replace(tzinfo=None)
         return Record(
-            scope=_text(raw["scope"]),
-            key=_text(raw["key"]),
             status=status,
             owner_token=owner_token,
-            fingerprint=_text(raw["fingerprint"]),
             result=None if result is None else json.loads(result),
-            error=_text(raw["error"]),
-            task_name=_text(raw["task_name"]),
-            task_id=_text(raw["task_id"]),
             metadata=metadata,
-            created_at=when("created_at"),
-            updated_at=when("updated_at"),
-            completed_at=when("completed_at"),
-            lease_expires_at=when("lease_expires_at"),
-            expires_at=when("expires_at"),
-            duplicates_blocked=int(raw["duplicates_blocked"] or 0),
-            last_duplicate_at=when("last_duplicate_at"),
+            duplicates_blocked=int(values[_AT["duplicates_blocked"]] or 0),
+            **fields,
         )
     except (ValueError, TypeError, OverflowError) as exc:
         # JSONDecodeError and UnicodeDecodeError are ValueErrors too.
@@ -216,6 +214,9 @@ class RedisStore(BaseStore):
         self._guard = threading.Lock()
         self._conn: Redis | None = None
         self._prefix: tuple[str, str] | None = None  # made key of a shard, split at the shard
+        # The keys of the record named last: complete() after check_lock() names the same
+        # record, and this saves it a second digest. One entry, swapped whole (threads).
+        self._last_keys: tuple[str, str, RecordKeys] | None = None
 
     @property
     def alias(self) -> str:
@@ -245,17 +246,22 @@ class RedisStore(BaseStore):
         return str(caches[self.alias].make_key(name))
 
     def keys(self, scope: str, key: str) -> RecordKeys:
+        last = self._last_keys
+        if last is not None and last[1] == key and last[0] == scope:
+            return last[2]
         member = member_name(scope, key)
         digest = hashlib.sha256(member.encode()).hexdigest()
         shard = digest[:2]
         base = self._shard_base(shard)
-        return RecordKeys(
+        keys = RecordKeys(
             record=f"{base}:r:{digest[2:]}",
             dirty=f"{base}:dirty",
             seq=f"{base}:seq",
             member=member,
             shard=shard,
         )
+        self._last_keys = (scope, key, keys)
+        return keys
 
     def shard_keys(self, shard: str) -> tuple[str, str]:
         """The dirty hash and counter of ``shard`` (two hex digits)."""
@@ -429,11 +435,13 @@ class RedisStore(BaseStore):
         expires_at: dt.datetime | None,
         transactional: bool,
     ) -> bool:
+        now_us = to_micros(now)
+        expires_us: int | str = ""
         keep_ms = ""
         if expires_at is not None:
-            remaining = (to_micros(expires_at) - to_micros(now)) / 1000
+            expires_us = to_micros(expires_at)
             grace = AUDIT_GRACE_MS if self.audit else 0
-            keep_ms = str(max(1, math.ceil(remaining)) + grace)
+            keep_ms = str(max(1, math.ceil((expires_us - now_us) / 1000)) + grace)
         done = self._run(
             FINISH,
             scope,
@@ -444,8 +452,8 @@ class RedisStore(BaseStore):
                 result_json or "",
                 "0" if result_json is None else "1",
                 error,
-                to_micros(now),
-                "" if expires_at is None else to_micros(expires_at),
+                now_us,
+                expires_us,
                 keep_ms,
             ],
         )
