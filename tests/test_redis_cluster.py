@@ -255,7 +255,7 @@ def test_a_failover_under_load_loses_only_the_dead_masters_last_writes(
 def test_bench_cluster_prints_throughput_with_one_and_three_masters(tmp_path: Path) -> None:
     command = [
         sys.executable, "bench/cluster.py",
-        "--processes", "2", "--seconds", "1", "--dir", str(tmp_path),
+        "--processes", "2", "--seconds", "1", "--rounds", "1", "--dir", str(tmp_path),
     ]  # fmt: skip
 
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -263,9 +263,13 @@ def test_bench_cluster_prints_throughput_with_one_and_three_masters(tmp_path: Pa
     print(done.stdout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {
-        line.split("|")[1].strip(): line
-        for line in done.stdout.splitlines()
-        if line.startswith("| ") and "master" in line
+        cells[0]: cells[1:]
+        for cells in (
+            [cell.strip() for cell in line.strip("|").split("|")]
+            for line in done.stdout.splitlines()
+        )
+        if cells[0] in ("1 master", "3 masters")
     }
     assert set(rows) == {"1 master", "3 masters"}
+    assert all(float(cells[0].replace(",", "")) > 0 for cells in rows.values())
     assert "ratio 3/1:" in done.stdout
