@@ -132,6 +132,22 @@ def test_the_admin_lists_and_releases_records_of_every_master(
     assert not IdempotencyRecord.objects.filter(key__in=keys).exists()
 
 
+def test_one_startup_node_is_enough_to_reach_every_master(
+    settings: Any, redis_cluster: OwnCluster, cluster_store: RedisStore
+) -> None:
+    # As with a managed service's configuration endpoint: here, a replica's address.
+    replica = next(info.port for info in redis_cluster.topology() if not info.master)
+    entry = redis_cluster.cache(PREFIX)
+    settings.CACHES = {
+        **settings.CACHES,
+        ALIAS: {**entry, "LOCATION": f"redis://127.0.0.1:{replica}"},
+    }
+    keys = keys_on_every_master(redis_cluster, cluster_store, "startup")
+
+    assert all(check_lock(key).locked for key in keys)
+    assert all(check_lock(key).duplicate for key in keys)
+
+
 def test_a_slot_without_a_master_is_store_unavailable_and_the_others_work(
     redis_cluster: OwnCluster, cluster_store: RedisStore
 ) -> None:
