@@ -13,8 +13,10 @@ for it; a test that kills a node restarts it (as a replica) before it ends.
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -78,12 +80,43 @@ class OwnCluster:
             RedisServer(directory / f"node-{n}", persistence, *options)
             for n in range(masters * (1 + replicas))
         ]
+        for node in self.nodes:
+            node.port = self._free_port()
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def _free_port(self) -> int:
+        """A free port whose bus port (+10000) is free too, both below Linux's ephemeral
+        range (32768 and up), so that no outgoing connection takes one before the node
+        binds it; and neither is a port or bus port of another node of this cluster."""
+        taken = {port for node in self.nodes for port in (node.port, node.port + 10000)}
+        for _ in range(500):
+            port = random.randrange(20000, 22768)
+            if port in taken or port + 10000 in taken:
+                continue
+            try:
+                with socket.socket() as first, socket.socket() as bus:
+                    first.bind(("127.0.0.1", port))
+                    bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+        raise RuntimeError("no free port pair found")
+
+    def _start_node(self, node: RedisServer) -> None:
+        # Another process can still bind the port between the check and the start.
+        for attempt in range(5):
+            try:
+                node.start()
+                return
+            except RuntimeError as exc:
+                if "Address already in use" not in str(exc) or attempt == 4:
+                    raise
+                node.port = self._free_port()
+
     def start(self, timeout: float = 60) -> OwnCluster:
         for node in self.nodes:
-            node.start()
+            self._start_node(node)
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         if self.masters >= 3:
             done = subprocess.run(

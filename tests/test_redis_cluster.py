@@ -3,8 +3,9 @@
 The cluster is the session's own (``tests/redis_cluster.py``), reached through
 ``django_onceonly.stores.redis_cluster.ClusterClient``. On it: the store contract and
 the races, the audit sync and the admin for records spread over every master, cluster
-errors surfacing as ``StoreUnavailable``, a master SIGKILLed during a claim load (what
-is lost, and that the other masters never fail), and ``bench/cluster.py`` run small.
+errors surfacing as ``StoreUnavailable`` (a slot with no master, a slot moved between
+masters), a master SIGKILLed during a claim load (what is lost, and that the other
+masters never fail), and ``bench/cluster.py`` run small.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from django.db import connections
 from django.test import Client
 from django.urls import reverse
 from redis.crc import key_slot
+from redis.exceptions import ClusterError
 
 from django_onceonly import StoreUnavailable, check_lock, check_locks
 from django_onceonly.models import IdempotencyRecord
@@ -168,6 +170,70 @@ def test_a_slot_without_a_master_is_store_unavailable_and_the_others_work(
         master.client().execute_command("CLUSTER", "ADDSLOTS", slot)
         redis_cluster.wait_ok()
     assert check_lock(down).locked
+
+
+def keys_in_shard(store: RedisStore, shard: str, count: int, label: str) -> list[str]:
+    """``count`` keys whose records are in ``shard`` (so in one slot, with its marks)."""
+    keys = []
+    n = 0
+    while len(keys) < count:
+        n += 1
+        if store.keys("", f"{label}-{n}").shard == shard:
+            keys.append(f"{label}-{n}")
+    return keys
+
+
+def test_a_slot_moved_between_masters_keeps_its_records_and_fails_only_as_unavailable(
+    redis_cluster: OwnCluster, cluster_store: RedisStore
+) -> None:
+    # A resharding (scaling a managed cluster out does this): the slot of one shard moves
+    # from one master to another, its keys in two steps. In between, the shard's keys
+    # are split between the masters and a script on them gets TRYAGAIN (after redis-py
+    # followed the ASK redirection); after it, MOVED sends the client to the new master.
+    shard = "5e"
+    existing = keys_in_shard(cluster_store, shard, 6, "reshard")
+    for key in existing:
+        check_lock(key).complete({"sent": key})
+    fresh = keys_in_shard(cluster_store, shard, 8, "reshard-new")[len(existing) :]
+    slot = key_slot(cluster_store.shard_keys(shard)[0].encode())
+    topology = {info.port: info for info in redis_cluster.topology()}
+    source = next(n for n in redis_cluster.nodes if n.port == redis_cluster.master_of(slot))
+    target = next(n for n in redis_cluster.master_nodes() if n.port != source.port)
+    source_id, target_id = topology[source.port].node_id, topology[target.port].node_id
+    target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+
+    def migrate(names: list[str]) -> None:
+        source.client().execute_command(
+            "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *names
+        )
+
+    migrate(list(cluster_store.shard_keys(shard)))  # the marks first, the records after
+    with pytest.raises(StoreUnavailable, match="unavailable") as duplicate:
+        check_lock(existing[0])
+    with pytest.raises(StoreUnavailable, match="unavailable") as new:
+        check_lock(fresh[0])
+    # redis-py retried the TRYAGAIN replies until its redirection budget ran out.
+    assert isinstance(duplicate.value.__cause__, ClusterError)
+    assert isinstance(new.value.__cause__, ClusterError)
+
+    remaining = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    migrate(remaining)
+    for node in (
+        target,
+        source,
+        *(n for n in redis_cluster.master_nodes() if n not in (source, target)),
+    ):
+        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    redis_cluster.wait_ok()
+
+    assert redis_cluster.master_of(slot) == target.port
+    assert [check_lock(key).result for key in existing] == [{"sent": key} for key in existing]
+    assert check_lock(fresh[0]).locked
+    assert check_lock(fresh[1]).locked
+    report = sync_audit(store=cluster_store)
+    assert report.damaged == 0
+    assert set(IdempotencyRecord.objects.values_list("key", flat=True)) == {*existing, *fresh[:2]}
 
 
 # -- a master killed during a claim load --------------------------------------------------
