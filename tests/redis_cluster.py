@@ -13,10 +13,8 @@ for it; a test that kills a node restarts it (as a replica) before it ends.
 
 from __future__ import annotations
 
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,7 +28,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 from tests.services import IN_CI
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -86,22 +84,11 @@ class OwnCluster:
     # -- lifecycle -----------------------------------------------------------------------
 
     def _free_port(self) -> int:
-        """A free port whose bus port (+10000) is free too, both below Linux's ephemeral
-        range (32768 and up), so that no outgoing connection takes one before the node
-        binds it; and neither is a port or bus port of another node of this cluster."""
+        """A port and bus port (+10000) below Linux's ephemeral range (32768 and up), so
+        that no outgoing connection takes one before the node binds it, and apart from
+        this cluster's other nodes."""
         taken = {port for node in self.nodes for port in (node.port, node.port + 10000)}
-        for _ in range(500):
-            port = random.randrange(20000, 22768)
-            if port in taken or port + 10000 in taken:
-                continue
-            try:
-                with socket.socket() as first, socket.socket() as bus:
-                    first.bind(("127.0.0.1", port))
-                    bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-            return port
-        raise RuntimeError("no free port pair found")
+        return free_port(below=22768, avoid=taken)
 
     def _start_node(self, node: RedisServer) -> None:
         # Another process can still bind the port between the check and the start.
