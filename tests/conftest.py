@@ -11,8 +11,8 @@ from django_onceonly.stores import BaseStore, Record, get_store
 from django_onceonly.stores.database import close_connections
 from tests.services import IN_CI, how_to_start, is_up
 
-# Real Celery workers for tests/test_celery_*.py.
-pytest_plugins = ["tests.celery.fixtures"]
+# Real Celery workers for tests/test_celery_*.py; a Redis Cluster for test_redis_cluster.py.
+pytest_plugins = ["tests.celery.fixtures", "tests.redis_cluster"]
 
 # Every store configuration the contract suite runs on:
 # name -> (ONCEONLY_STORE, database alias, server it needs or None).

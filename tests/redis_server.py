@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,15 @@ PERSISTENCE: dict[str, list[str]] = {
 }
 
 
-def free_port() -> int:
-    """A free loopback port whose cluster bus port (+10000) is free too (at most 55535)."""
-    for _ in range(200):
-        port = random.randrange(20000, 55535)
+def free_port(below: int = 55535, avoid: Collection[int] = ()) -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too (at most 55535).
+
+    Neither is below 20000, nor the port is ``below`` or above, nor either in ``avoid``.
+    """
+    for _ in range(500):
+        port = random.randrange(20000, below)
+        if port in avoid or port + 10000 in avoid:
+            continue
         try:
             with socket.socket() as first, socket.socket() as bus:
                 first.bind(("127.0.0.1", port))

@@ -35,13 +35,11 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, transaction
 from django.db.models import Q
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..conf import conf
 from ..exceptions import StoreUnavailable
 from . import get_store
-from .redis import SHARDS, RedisStore, record_from_values
+from .redis import SHARDS, UNAVAILABLE_ERRORS, RedisStore, record_from_values
 from .redis_scripts import FIELDS, Script
 
 if TYPE_CHECKING:
@@ -143,7 +141,7 @@ def sync_audit(
     store = _store(store)
     try:
         return _sync(store, batch_size, using or conf.ONCEONLY_DATABASE)
-    except (RedisConnectionError, RedisTimeoutError) as exc:
+    except UNAVAILABLE_ERRORS as exc:
         raise StoreUnavailable(
             f"Redis (cache {store.alias!r}) is unavailable: {exc}. The audit sync will copy "
             "the marked records once it is back."

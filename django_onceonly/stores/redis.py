@@ -45,13 +45,15 @@ from django.core.exceptions import ImproperlyConfigured
 from django_redis import get_redis_connection
 from redis import Redis
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
+    ClusterError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..conf import conf
@@ -80,13 +82,18 @@ from .redis_scripts import (
 
 SHARDS = 256
 # Redis answers these when it is up but cannot take the write; nothing was written.
-# (redis-py turns OOM, READONLY, TRYAGAIN and LOADING into exception classes of their own.)
+# (redis-py turns OOM, READONLY, TRYAGAIN and LOADING into exception classes of their own;
+# on Redis Cluster, CLUSTERDOWN and MASTERDOWN into ClusterDownError, too many MOVED
+# redirections into ClusterError, and no reachable node or no master for a slot into
+# RedisClusterException, which is not a RedisError.)
 UNAVAILABLE_ERRORS = (
     RedisConnectionError,
     RedisTimeoutError,
     ReadOnlyError,
     OutOfMemoryError,
     TryAgainError,
+    ClusterError,
+    RedisClusterException,
 )
 UNAVAILABLE_REPLIES = ("MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS", "MISCONF")
 # Finished records outlive their expiry in Redis by this much while the audit trail is
@@ -396,7 +403,18 @@ class RedisStore(BaseStore):
                     reply = self._call(CLAIM, request.scope, request.key, script_keys, args)
                 results.append(self._claim_result(request, reply))
         except BaseException:
-            self._release_acquired(requests, results)
+            # The pipeline ran the calls after the one that failed too (on Redis Cluster
+            # another master may have answered them): give their claims back as well.
+            done = len(results) + 1
+            later = [
+                (request, reply)
+                for request, reply in zip(requests[done:], replies[done:], strict=True)
+                if not isinstance(reply, Exception) and _text(reply[0]) == "acquired"
+            ]
+            self._release_acquired(
+                [*requests[: len(results)], *(request for request, _ in later)],
+                [*results, *(self._claim_result(request, reply) for request, reply in later)],
+            )
             raise
         return results
 
