@@ -2,11 +2,14 @@
 
 Every hot-path operation is a single SQL statement:
 
-- claim: ``INSERT ... ON CONFLICT (scope, key) DO UPDATE ... RETURNING`` on PostgreSQL
-  and SQLite, ``INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING`` on MariaDB. The insert
-  acquires an absent key; on conflict the same statement counts the duplicate and hands
-  back the blocking record. Taking over an expired record or a stale lease is rarer and
-  is one compare-and-swap ``UPDATE`` on the owner token it saw;
+- claim: on PostgreSQL one statement, ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` in a
+  CTE together with the read of the existing record: the insert acquires an absent key,
+  and a duplicate only reads (no write, no commit to wait for). SQLite and MariaDB read
+  the record first and insert only when there is none (``ON CONFLICT DO NOTHING`` /
+  ``ON DUPLICATE KEY UPDATE`` no-op, ``RETURNING``), since their inserts write even when
+  they insert nothing. Duplicates are counted later, in batches
+  (:mod:`~django_onceonly.stores.duplicates`). Taking over an expired record or a stale
+  lease is rarer and is one compare-and-swap ``UPDATE`` on the owner token it saw;
 - complete, fail, extend: one conditional ``UPDATE`` fenced by the owner token;
 - release: one conditional ``DELETE`` fenced by the owner token.
 
@@ -45,6 +48,7 @@ from ..conf import conf
 from ..exceptions import DamagedRecord, StoreUnavailable
 from ..rules import Status
 from .base import TIME_FIELDS, BaseStore, ClaimRequest, ClaimResult, Record
+from .duplicates import DuplicateCount
 from .sql import COLUMNS, Params, Statement, Statements, jsonb_text, row_params
 
 logger = logging.getLogger("django_onceonly")
@@ -294,19 +298,26 @@ class DatabaseStore(BaseStore):
             resumed = self._resume(conn, request, values)
             if resumed is not None:
                 return resumed
+        # Inside the caller's transaction the claim writes first: a plain read there may
+        # see the transaction's snapshot (MariaDB's REPEATABLE READ), not the record now.
+        read_first = sql.read_first and autocommit
         for _attempt in range(MAX_ATTEMPTS):
             with self._cursor(conn) as cursor:
-                claim = sql.claim
-                # conn.autocommit is known once connected, that is inside this block.
-                if autocommit and conn.autocommit and sql.claim_autocommit:
-                    claim = sql.claim_autocommit
-                cursor.execute(claim.sql, claim.params(values))
-                row = cursor.fetchone() if sql.returning else None
-                if row is None:
+                row = None
+                if read_first:
                     cursor.execute(sql.select.sql, sql.select.params(values))
                     row = cursor.fetchone()
+                if row is None:
+                    cursor.execute(sql.claim.sql, sql.claim.params(values))
+                    if sql.returning:
+                        row = cursor.fetchone()
+                    else:  # MySQL 8 has no RETURNING
+                        cursor.execute(sql.select.sql, sql.select.params(values))
+                        row = cursor.fetchone()
             if row is None:
-                continue  # released between the two statements (MySQL 8 only): try again
+                # Taken by a claim that committed after this statement began (not yet
+                # visible to it), or released in between: look again.
+                continue
             record = self._record(row)
             if record.owner_token == request.token:
                 return ClaimResult(acquired=True, record=record)
@@ -327,7 +338,7 @@ class DatabaseStore(BaseStore):
         the same order and cannot deadlock each other. A key whose record is expired or
         whose lease is stale is then settled on its own, exactly as :meth:`_claim` would.
         """
-        if len(requests) < 2:  # the single claim (with its cheaper duplicate commit)
+        if len(requests) < 2:  # the single claim (which reads first where that is cheaper)
             return [self._claim(request) for request in requests]
         transactional = requests[0].transactional
         conn, autocommit = self._connection(transactional)
@@ -351,6 +362,23 @@ class DatabaseStore(BaseStore):
 
         rows = self._run(autocommit, upsert)
         found = {(record.scope, record.key): record for record in map(self._record, rows)}
+        # The keys already taken (PostgreSQL and SQLite return only the rows inserted):
+        # one read for all of them.
+        taken = [request for request in ordered if (request.scope, request.key) not in found]
+        if taken:
+            keys: dict[str, Any] = {}
+            for index, request in enumerate(taken):
+                keys.update({f"scope_{index}": request.scope, f"key_{index}": request.key})
+            select = sql.select_many(len(taken))
+
+            def read() -> list[Any]:
+                with self._cursor(conn) as cursor:
+                    cursor.execute(select.sql, select.params(keys))
+                    return list(cursor.fetchall())
+
+            for row in self._run(autocommit, read):
+                existing = self._record(row)
+                found[(existing.scope, existing.key)] = existing
         results: list[ClaimResult] = []
         try:
             for request in requests:
@@ -362,8 +390,8 @@ class DatabaseStore(BaseStore):
                 ):
                     results.append(ClaimResult(acquired=False, record=record))
                 else:
-                    # Rare: an expired record or a stale lease (or a row not returned).
-                    # The upsert counted nothing for it; the single claim settles it.
+                    # Rare: an expired record or a stale lease (or a record released
+                    # between the two statements): the single claim settles it.
                     results.append(self._claim(request))
         except BaseException:
             self._release_acquired(requests, results)
@@ -525,6 +553,41 @@ class DatabaseStore(BaseStore):
             "now": conn.ops.adapt_datetimefield_value(now),
         }
         return self._write(conn, autocommit, statement, values) == 1
+
+    # -- duplicate counts ----------------------------------------------------------------
+
+    def _add_duplicates(self, counts: Sequence[DuplicateCount]) -> list[DuplicateCount]:
+        conn, autocommit = self._connection(False)
+        self._add_duplicates_on(conn, autocommit, counts)
+        return []  # one statement: all written, or an error
+
+    def _add_duplicates_on(
+        self, conn: BaseDatabaseWrapper, autocommit: bool, counts: Sequence[DuplicateCount]
+    ) -> None:
+        adapt = conn.ops.adapt_datetimefield_value
+        values: dict[str, Any] = {}
+        for index, count in enumerate(counts):
+            values.update(
+                {
+                    f"scope_{index}": count.scope,
+                    f"key_{index}": count.key,
+                    f"created_{index}": adapt(count.created_at),
+                    f"count_{index}": count.count,
+                    f"at_{index}": adapt(count.last_at),
+                }
+            )
+        self._write(conn, autocommit, self.statements(conn).add_duplicates(len(counts)), values)
+
+    def _count_duplicate(self, request: ClaimRequest, record: Record) -> None:
+        conn = connections[self.alias]
+        if conn.in_atomic_block and getattr(conn.atomic_blocks[0], "_from_testcase", False):
+            # Under Django's TestCase every record lives in the test's transaction, which
+            # the flusher thread's connection cannot see: count it at once, in that
+            # transaction, or the count would be lost.
+            count = DuplicateCount(request.scope, request.key, record.created_at, 1, request.now)
+            self._add_duplicates_on(conn, False, [count])
+            return
+        super()._count_duplicate(request, record)
 
     # -- reads and the operator's release ----------------------------------------------
 

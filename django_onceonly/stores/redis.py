@@ -1,8 +1,9 @@
 """``RedisStore``: records in Redis through django-redis, one server-side script per step.
 
 Every operation is one ``EVALSHA`` of a Lua script (``redis_scripts.py``), so it is
-atomic and costs one round trip: claim (which, on a duplicate, counts it and returns the
-stored record in the same reply), get, finish, release, extend, release-if-unchanged and
+atomic and costs one round trip: claim (which, on a duplicate, only reads and returns the
+stored record; the count is buffered and added later by ``ADD_DUPLICATES``, see
+:mod:`~django_onceonly.stores.duplicates`), get, finish, release, extend, release-if-unchanged and
 force-release. Taking over an expired record or a
 stale lease happens inside the claim script; there is no second step to race.
 
@@ -47,6 +48,7 @@ from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -64,7 +66,9 @@ from .base import (
     ClaimResult,
     Record,
 )
+from .duplicates import DuplicateCount
 from .redis_scripts import (
+    ADD_DUPLICATES,
     CLAIM,
     DAMAGED_REPLY,
     EXTEND,
@@ -479,6 +483,44 @@ class RedisStore(BaseStore):
     ) -> bool:
         args = [owner_token, status, "1" if allow_live else "0", to_micros(now)]
         return int(self._run(RELEASE_IF_UNCHANGED, scope, key, args)) == 1
+
+    def _add_duplicates(self, counts: Sequence[DuplicateCount]) -> list[DuplicateCount]:
+        """One pipeline of ``ADD_DUPLICATES`` calls, one per record (each in its slot)."""
+        counts = [count for count in counts if count.created_at is not None]
+        calls: list[tuple[list[str], list[str | int]]] = []
+        for count in counts:
+            assert count.created_at is not None
+            keys = self.keys(count.scope, count.key)
+            args: list[str | int] = [
+                keys.member,
+                to_micros(count.created_at),
+                count.count,
+                to_micros(count.last_at),
+            ]
+            calls.append((self._script_keys(keys), args))
+        conn = self.connection
+        try:
+            pipe = conn.pipeline(transaction=False)
+            for script_keys, args in calls:
+                pipe.evalsha(ADD_DUPLICATES.sha, len(script_keys), *script_keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+        except UNAVAILABLE_ERRORS as exc:
+            raise _unavailable(self.alias, exc) from exc
+        left: list[DuplicateCount] = []
+        for count, (script_keys, args), reply in zip(counts, calls, replies, strict=True):
+            try:
+                if isinstance(reply, NoScriptError):  # nothing ran: load it and run it
+                    ADD_DUPLICATES(conn, script_keys, args)
+                elif isinstance(reply, Exception):
+                    raise reply
+            except (*UNAVAILABLE_ERRORS, ResponseError) as exc:
+                # OOM, READONLY...: nothing was written for this record; a damaged
+                # counter is answered with 0, not an error.
+                if not isinstance(exc, ResponseError) or str(exc).startswith(UNAVAILABLE_REPLIES):
+                    left.append(count)
+                else:
+                    raise
+        return left
 
     # -- reads and the operator's release ----------------------------------------------
 
