@@ -133,11 +133,12 @@ class _Buffer:
                     ]
                     try:
                         left = list(store._add_duplicates(batch))
-                    except Exception:
+                    except Exception as exc:
+                        # One line: a store that is down would repeat it every second.
                         logger.warning(
-                            "django-onceonly could not write duplicate counts to %s",
+                            "django-onceonly could not write duplicate counts to %s: %s",
                             type(store).__qualname__,
-                            exc_info=True,
+                            exc,
                         )
                         left = batch + [
                             DuplicateCount(*name, counts[name].count, counts[name].last_at)

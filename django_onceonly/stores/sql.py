@@ -140,28 +140,15 @@ class Statements:
         # A claim inserts the record if the key is free and otherwise only reads: it writes
         # nothing on a duplicate (the count is buffered, see stores/duplicates.py).
         if vendor == "mysql":
-            # A no-op update (MariaDB returns the existing row with it); InnoDB writes on
-            # any insert attempt, so MySQL-family claims read first (see read_first).
+            # A no-op update: MariaDB then returns the existing row.
             conflict = f" ON DUPLICATE KEY UPDATE {c['scope']} = {c['scope']}"
         else:
             conflict = f" ON CONFLICT ({c['scope']}, {c['key']}) DO NOTHING"
         if self.returning:
             conflict += f" RETURNING {selected}"
-        #: True where a claim first looks for the record with a plain SELECT and inserts
-        #: only when it finds none: on SQLite an INSERT takes the database's write lock
-        #: even when it inserts nothing, and on MariaDB/MySQL it writes the redo log.
-        self.read_first = vendor != "postgresql"
-        if vendor == "postgresql":
-            # One round trip either way: the insert, or (key taken) the existing row. The
-            # SELECT sees the statement's snapshot, so a record another claim committed
-            # after it began is in neither half: no row, and the claim runs again.
-            self.claim = Statement.build(
-                f"WITH ins AS ({head}{row}{conflict}) "
-                f"SELECT * FROM ins UNION ALL SELECT {selected} FROM {table} "
-                f"WHERE {where_key} AND NOT EXISTS (SELECT 1 FROM ins)"
-            )
-        else:
-            self.claim = Statement.build(head + row + conflict)
+        # The insert that acquires an absent key. A claim in autocommit reads first (see
+        # DatabaseStore._claim_on) and sends it only when it finds no record.
+        self.claim = Statement.build(head + row + conflict)
         # check_locks: the insert with one row per key, the parameters of row i named
         # with the suffix _i (see claim_many).
         self._many = (head, row, conflict)
