@@ -1,6 +1,6 @@
 """``DatabaseStore``: records in the ``IdempotencyRecord`` table, one statement per step.
 
-Every hot-path operation is a single SQL statement:
+Every hot-path operation is a single SQL statement (a new key: two):
 
 - claim: a ``SELECT`` of the record; only when there is none, ``INSERT ... ON CONFLICT DO
   NOTHING RETURNING`` (MariaDB: ``ON DUPLICATE KEY UPDATE`` no-op ``RETURNING``), which
@@ -335,7 +335,8 @@ class DatabaseStore(BaseStore):
         )
 
     def _claim_many(self, requests: list[ClaimRequest]) -> list[ClaimResult]:
-        """One multi-row upsert for the whole batch; per-key follow-ups only where needed.
+        """One multi-row insert for the whole batch, one read of the keys already taken;
+        per-key follow-ups only where needed.
 
         The rows are written in key order, so that two batches sharing keys lock them in
         the same order and cannot deadlock each other. A key whose record is expired or
