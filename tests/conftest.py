@@ -93,6 +93,7 @@ def backend(request: pytest.FixtureRequest, settings: Any) -> Iterator[Backend]:
         settings.ONCEONLY_REDIS_CACHE = settings.REDIS_TEST_CACHE
         delete_redis_test_keys()
     yield Backend(name=request.param, store_path=store_path, alias=alias)
+    duplicates.flush()  # while the test's records and settings are still there
     close_connections()
     if service == "redis":
         delete_redis_test_keys()

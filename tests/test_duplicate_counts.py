@@ -10,6 +10,7 @@ them; and that a flush never recreates a record or counts against a newer one.
 
 from __future__ import annotations
 
+import datetime as dt
 import multiprocessing
 import signal
 import sqlite3
@@ -21,10 +22,11 @@ from typing import Any
 
 import pytest
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_onceonly import check_lock
-from django_onceonly.stores import duplicates, get_store
+from django_onceonly.stores import ClaimRequest, DatabaseStore, duplicates, get_store
 from django_onceonly.stores.database import close_connections
 from tests.celery.fixtures import wait_until
 from tests.conftest import Backend, backend_params
@@ -262,3 +264,38 @@ def test_a_flush_while_redis_is_down_keeps_the_counts_until_it_is_back(
     assert after.last_duplicate_at is not None
     assert record.created_at is not None
     assert after.last_duplicate_at > record.created_at
+
+
+# -- what a claim sends ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", backend_params("sqlite", "postgres", "mariadb"), indirect=True)
+def test_a_duplicate_check_is_one_select_once_the_process_has_seen_the_key_taken(
+    backend: Backend,
+) -> None:
+    connection = connections[backend.alias]
+    with CaptureQueriesContext(connection) as new_key:
+        check_lock("seen").complete("r")
+    with CaptureQueriesContext(connection) as duplicate:
+        assert check_lock("seen").duplicate
+    fresh = DatabaseStore(backend.alias)  # another process: it has never seen the key
+    now = timezone.now()
+    request = ClaimRequest(
+        scope="",
+        key="seen",
+        token="t" * 32,
+        now=now,
+        lease_expires_at=now + dt.timedelta(seconds=60),
+        after_lease="reclaim",
+    )
+    with CaptureQueriesContext(connection) as first_sight:
+        assert not fresh.claim(request).acquired
+
+    # A new key: one INSERT ... RETURNING (then the completion's UPDATE).
+    assert [q["sql"].split()[0] for q in new_key.captured_queries] == ["INSERT", "UPDATE"]
+    # A duplicate: one SELECT, nothing written.
+    assert [q["sql"].split()[0] for q in duplicate.captured_queries] == ["SELECT"]
+    # A process meeting the key taken for the first time: the insert (which inserts
+    # nothing) and the read; MariaDB's no-op ON DUPLICATE KEY UPDATE returns the row.
+    first = ["INSERT"] if backend.name == "mariadb" else ["INSERT", "SELECT"]
+    assert [q["sql"].split()[0] for q in first_sight.captured_queries] == first

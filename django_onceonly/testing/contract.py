@@ -100,6 +100,7 @@ class StoreTestCase:
         settings.ONCEONLY_STORE = path
         self.reset_store(get_store())
         yield StoreUnderTest(name=type(self).__name__, race_trials=self.race_trials)
+        duplicates.flush()  # while the test's store and records are still there
         self.reset_store(get_store())
 
 
