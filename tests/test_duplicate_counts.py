@@ -299,3 +299,30 @@ def test_a_duplicate_check_is_one_select_once_the_process_has_seen_the_key_taken
     # nothing) and the read; MariaDB's no-op ON DUPLICATE KEY UPDATE returns the row.
     first = ["INSERT"] if backend.name == "mariadb" else ["INSERT", "SELECT"]
     assert [q["sql"].split()[0] for q in first_sight.captured_queries] == first
+
+
+@needs_redis_server
+def test_counts_past_the_cap_are_dropped_with_a_warning_while_the_store_is_down(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert duplicates.flush()  # nothing else waiting in this process's buffer
+    monkeypatch.setattr(duplicates, "MAX_PENDING", 3)
+    store = get_store()
+    keys = [f"capped-{n}" for n in range(5)]
+    created = {}
+    for key in keys:
+        check_lock(key).complete("r")
+        record = store.get("", key)
+        assert record is not None
+        created[key] = record.created_at
+    own_redis.stop(signal.SIGKILL)
+
+    for key in keys:  # five records waiting, room for three
+        duplicates.add(store, "", key, created[key], timezone.now())
+    assert duplicates.flush() is False
+
+    own_redis.start()
+    assert duplicates.flush()
+    counted = {key: store.get("", key).duplicates_blocked for key in keys}  # type: ignore[union-attr]
+    assert sorted(counted.values()) == [0, 0, 1, 1, 1]
+    assert "dropped 2 duplicate count(s)" in caplog.text
