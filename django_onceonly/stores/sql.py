@@ -146,8 +146,9 @@ class Statements:
             conflict = f" ON CONFLICT ({c['scope']}, {c['key']}) DO NOTHING"
         if self.returning:
             conflict += f" RETURNING {selected}"
-        # The insert that acquires an absent key. A claim in autocommit reads first (see
-        # DatabaseStore._claim_on) and sends it only when it finds no record.
+        # The insert that acquires an absent key; on a key taken it writes nothing and
+        # returns nothing (MariaDB: the existing row). See DatabaseStore._claim_on for
+        # when a claim reads first.
         self.claim = Statement.build(head + row + conflict)
         # check_locks: the insert with one row per key, the parameters of row i named
         # with the suffix _i (see claim_many).
