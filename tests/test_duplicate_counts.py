@@ -30,7 +30,7 @@ from django_onceonly.stores import ClaimRequest, DatabaseStore, duplicates, get_
 from django_onceonly.stores.database import close_connections
 from tests.celery.fixtures import wait_until
 from tests.conftest import Backend, backend_params
-from tests.redis_server import RedisServer, needs_redis_server
+from tests.redis_server import RedisServer, needs_redis_server, use_as_store
 
 THREADS = 8
 PROCESSES = 4
@@ -231,9 +231,7 @@ def test_a_flush_that_finds_sqlite_busy_fails_quietly_and_its_counts_arrive_late
 @pytest.fixture
 def own_redis(tmp_path: Path, settings: Any) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path, "aof-always").start()
-    settings.CACHES = {**settings.CACHES, "own": server.cache()}
-    settings.ONCEONLY_STORE = "django_onceonly.stores.RedisStore"
-    settings.ONCEONLY_REDIS_CACHE = "own"
+    use_as_store(server, settings)
     yield server
     duplicates.flush()
     server.stop(signal.SIGKILL)

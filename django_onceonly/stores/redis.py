@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -80,6 +81,8 @@ from .redis_scripts import (
     RELEASE_IF_UNCHANGED,
     Script,
 )
+
+logger = logging.getLogger("django_onceonly")
 
 SHARDS = 256
 # Redis answers these when it is up but cannot take the write; nothing was written.
@@ -374,17 +377,8 @@ class RedisStore(BaseStore):
         """
         if len(requests) < 2:  # a pipeline of one costs more than the call itself
             return [self._claim(request) for request in requests]
-        conn = self.connection
         calls = [self.claim_call(request) for request in requests]
-        try:
-            # No SCRIPT EXISTS round trip first: a NOSCRIPT reply means that call did not
-            # run, and it is rerun below as a single call, which loads the script.
-            pipe = conn.pipeline(transaction=False)
-            for script_keys, args in calls:
-                pipe.evalsha(CLAIM.sha, len(script_keys), *script_keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable(self.alias, exc) from exc
+        replies = self._pipeline(CLAIM, calls)
         results: list[ClaimResult] = []
         try:
             for request, (script_keys, args), reply in zip(requests, calls, replies, strict=True):
@@ -397,6 +391,22 @@ class RedisStore(BaseStore):
             self._release_acquired(requests, results)
             raise
         return results
+
+    def _pipeline(
+        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str | int]]]
+    ) -> list[Any]:
+        """``script`` once per call, in one pipeline; the replies, errors among them.
+
+        No SCRIPT EXISTS round trip first: a NOSCRIPT reply means that call did not run
+        (the caller reruns it as a single call, which loads the script).
+        """
+        try:
+            pipe = self.connection.pipeline(transaction=False)
+            for script_keys, args in calls:
+                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            return list(pipe.execute(raise_on_error=False))
+        except UNAVAILABLE_ERRORS as exc:
+            raise _unavailable(self.alias, exc) from exc
 
     def _claim_result(self, request: ClaimRequest, reply: Any) -> ClaimResult:
         outcome = _text(reply[0])
@@ -498,28 +508,21 @@ class RedisStore(BaseStore):
                 to_micros(count.last_at),
             ]
             calls.append((self._script_keys(keys), args))
-        conn = self.connection
-        try:
-            pipe = conn.pipeline(transaction=False)
-            for script_keys, args in calls:
-                pipe.evalsha(ADD_DUPLICATES.sha, len(script_keys), *script_keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable(self.alias, exc) from exc
+        replies = self._pipeline(ADD_DUPLICATES, calls)
         left: list[DuplicateCount] = []
         for count, (script_keys, args), reply in zip(counts, calls, replies, strict=True):
             try:
                 if isinstance(reply, NoScriptError):  # nothing ran: load it and run it
-                    ADD_DUPLICATES(conn, script_keys, args)
+                    ADD_DUPLICATES(self.connection, script_keys, args)
                 elif isinstance(reply, Exception):
                     raise reply
-            except (*UNAVAILABLE_ERRORS, ResponseError) as exc:
-                # OOM, READONLY...: nothing was written for this record; a damaged
-                # counter is answered with 0, not an error.
-                if not isinstance(exc, ResponseError) or str(exc).startswith(UNAVAILABLE_REPLIES):
+            except UNAVAILABLE_ERRORS:
+                left.append(count)  # OOM, READONLY...: nothing written, kept for later
+            except ResponseError as exc:
+                if str(exc).startswith(UNAVAILABLE_REPLIES):
                     left.append(count)
-                else:
-                    raise
+                else:  # the others were written: this one is dropped, not the batch
+                    logger.warning("django-onceonly dropped a duplicate count: %s", exc)
         return left
 
     # -- reads and the operator's release ----------------------------------------------
