@@ -362,9 +362,8 @@ class ClaimStatementOnly:
         self.store = DatabaseStore(alias)
         statements = self.store.statements(self.connection)
         self.keys = keys
-        self.returning = statements.returning
-        # What the store sends in autocommit (on PostgreSQL, with the asynchronous commit).
-        self.statement = statements.claim_autocommit or statements.claim
+        # What the store sends for a duplicate in autocommit: the read that comes first.
+        self.statement = statements.select
 
     def duplicate(self, n: int) -> None:
         from django.utils import timezone
@@ -385,8 +384,7 @@ class ClaimStatementOnly:
             params = statement.params(self.store.claim_values(conn, request))
             with conn.cursor() as cursor:
                 cursor.execute(statement.sql, params)
-                if self.returning:
-                    cursor.fetchone()
+                cursor.fetchone()
 
 
 def database_subject(name: str) -> Subject:
@@ -397,6 +395,9 @@ def database_subject(name: str) -> Subject:
     connection = connections[name]
 
     def teardown() -> None:
+        from django_onceonly.stores import duplicates
+
+        duplicates.flush()  # the duplicate counts still buffered, before the database goes
         connection.close()
         drop()
 
@@ -556,6 +557,9 @@ def redis_subject() -> Subject:
     layers = RedisLayers(conn, ours.existing)
 
     def teardown() -> None:
+        from django_onceonly.stores import duplicates
+
+        duplicates.flush()  # the duplicate counts still buffered, before their records go
         names = list(conn.scan_iter(match=f"{prefix}*", count=1000))
         for start in range(0, len(names), 1000):
             conn.unlink(*names[start : start + 1000])

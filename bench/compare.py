@@ -176,6 +176,9 @@ def scratch_database() -> Iterator[Any]:
     try:
         yield connection
     finally:
+        from django_onceonly.stores import duplicates
+
+        duplicates.flush()  # the duplicate counts still buffered, before the database goes
         for extra in _extra_connections:  # DROP DATABASE refuses while one is open
             extra.close()
         connection.close()
@@ -1188,6 +1191,9 @@ def draw(rows: list[Row], env: dict[str, Any], path: Path) -> bool:
 
 def delete_redis_keys() -> int:
     """Delete every key this run wrote (they all contain its prefix); never FLUSH."""
+    from django_onceonly.stores import duplicates
+
+    duplicates.flush()  # the duplicate counts still buffered, before their records go
     conn = redis_client()
     names = list(conn.scan_iter(match=f"*{PREFIX}*", count=1000))
     for start in range(0, len(names), 1000):

@@ -40,7 +40,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from celery import Task, states
+from celery import Task, signals, states
 from celery.exceptions import Reject, Retry, TaskPredicate
 from celery.result import AsyncResult, EagerResult
 from celery.utils import uuid
@@ -69,11 +69,19 @@ from .rules import (
     check_choice,
     optional_seconds,
 )
+from .stores import duplicates
 from .stores.base import COMPLETED, IN_PROGRESS, UNKNOWN
 
 __all__ = ["DuplicateTask", "OnceTask"]
 
 logger = logging.getLogger("django_onceonly")
+
+
+@signals.worker_process_shutdown.connect(weak=False, dispatch_uid="django_onceonly.duplicates")
+def _flush_duplicates(**kwargs: Any) -> None:
+    """A pool process that ends writes the duplicate counts it still holds."""
+    duplicates.flush()
+
 
 # Message headers. The key and scope travel with every message of an intent; the token
 # only with a retry that resumes its predecessor's claim (or a message claimed at enqueue).

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from django_onceonly.stores import BaseStore, Record, get_store
+from django_onceonly.stores import BaseStore, Record, duplicates, get_store
 from django_onceonly.stores.database import close_connections
 from tests.services import IN_CI, how_to_start, is_up
 
@@ -37,7 +37,9 @@ class Backend:
         return get_store()
 
     def record(self, key: str, scope: str = "") -> Record | None:
-        """The record as the store keeps it (expired or not), or None."""
+        """The record as the store keeps it (expired or not), or None, once this process's
+        buffered duplicate counts are written."""
+        duplicates.flush()
         return self.store.get(scope, key)
 
 
@@ -91,6 +93,7 @@ def backend(request: pytest.FixtureRequest, settings: Any) -> Iterator[Backend]:
         settings.ONCEONLY_REDIS_CACHE = settings.REDIS_TEST_CACHE
         delete_redis_test_keys()
     yield Backend(name=request.param, store_path=store_path, alias=alias)
+    duplicates.flush()  # while the test's records and settings are still there
     close_connections()
     if service == "redis":
         delete_redis_test_keys()

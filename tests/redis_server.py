@@ -138,3 +138,10 @@ class RedisServer:
                 **options,
             },
         }
+
+
+def use_as_store(server: RedisServer, settings: Any) -> None:
+    """Point ``RedisStore`` at ``server`` (as the cache ``"own"``) for this test."""
+    settings.CACHES = {**settings.CACHES, "own": server.cache()}
+    settings.ONCEONLY_STORE = "django_onceonly.stores.RedisStore"
+    settings.ONCEONLY_REDIS_CACHE = "own"

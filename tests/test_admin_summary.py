@@ -20,6 +20,7 @@ from django.utils import timezone
 from django_onceonly import check_lock
 from django_onceonly.models import IdempotencyRecord, Status
 from django_onceonly.stats import LINE_FIELDS, summarize
+from django_onceonly.stores import duplicates
 from tests.conftest import Backend, backend_params
 from tests.factories import IdempotencyRecordFactory
 
@@ -86,6 +87,7 @@ def test_duplicates_blocked_by_real_locks_show_in_the_summary(backend: Backend) 
         assert check_lock("welcome_email_1").duplicate
     check_lock("welcome_email_2").complete("sent")
     assert check_lock("welcome_email_2").duplicate
+    duplicates.flush()
 
     summary = summarize()
 

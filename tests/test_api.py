@@ -15,6 +15,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from django_onceonly.api.openapi import spectacular_installed
+from django_onceonly.stores import duplicates
 from tests.api_fixtures import make_token
 from tests.conftest import Backend, backend_params
 from tests.test_bad_input import database_down
@@ -285,6 +286,7 @@ def test_get_lock_returns_the_record_without_the_owner_token(
 ) -> None:
     lock = alice.locked("order/12345 é", metadata={"a": 1}, lease=60)
     alice.post("check-lock", {"key": "order/12345 é"})
+    duplicates.flush()  # the count of that duplicate, buffered by this process
     response = alice.get("order/12345%20%C3%A9")
     assert response.status_code == 200, response.content
     body = response.json()

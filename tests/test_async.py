@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -101,11 +103,16 @@ def test_acheck_lock_refuses_bad_input_like_check_lock(backend: Backend) -> None
 
 
 @pytest.mark.parametrize("backend", backend_params("postgres"), indirect=True)
-def test_the_event_loop_runs_while_a_claim_waits_for_the_store(backend: Backend) -> None:
-    # A claim that has to wait (here: another transaction holds the record's row lock)
-    # must not block the event loop: a ticker keeps running, and it is the ticker that
-    # lets the other transaction finish. A blocked loop would never get there.
-    check_lock("k").complete("done")
+def test_the_event_loop_runs_while_a_claim_waits_for_the_store(
+    backend: Backend, settings: Any
+) -> None:
+    # A claim that has to wait (here: it takes over a stale lease while another
+    # transaction holds the record's row lock; a duplicate check would not wait, it only
+    # reads) must not block the event loop: a ticker keeps running, and it is the ticker
+    # that lets the other transaction finish. A blocked loop would never get there.
+    settings.ONCEONLY_AFTER_LEASE = "reclaim"
+    check_lock("k", lease=0.001)
+    time.sleep(0.05)  # past the lease
     locked, release = threading.Event(), threading.Event()
 
     def hold_row_lock() -> None:
@@ -147,6 +154,5 @@ def test_the_event_loop_runs_while_a_claim_waits_for_the_store(backend: Backend)
         release.set()
         holder.join()
 
-    assert lock.duplicate
-    assert lock.result == "done"
+    assert lock.locked  # the stale lease, taken over once the row lock was released
     assert ticks_at_answer >= 20

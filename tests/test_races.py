@@ -38,8 +38,8 @@ def _synchronous_commit(alias: str) -> str:
 
 @pytest.mark.parametrize("backend", backend_params("postgres"), indirect=True)
 def test_a_duplicate_never_makes_the_callers_commit_asynchronous(backend: Backend) -> None:
-    # A racer that loses commits its duplicate count without waiting for the WAL flush
-    # (see DatabaseStore); that must stay inside the claim's own transaction.
+    # A racer that loses only reads (its count is buffered and written later, see
+    # stores/duplicates.py): nothing about the caller's transaction may change.
     baseline = _synchronous_commit(backend.alias)
     assert check_lock("durable-a").locked
     assert check_lock("durable-b").locked

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from django_onceonly import StoreUnavailable, check_lock, once
-from tests.redis_server import RedisServer, needs_redis_server
+from tests.redis_server import RedisServer, needs_redis_server, use_as_store
 
 pytestmark = needs_redis_server
 
@@ -23,9 +23,7 @@ pytestmark = needs_redis_server
 @pytest.fixture
 def server(tmp_path: Path, settings: Any) -> Iterator[RedisServer]:
     own = RedisServer(tmp_path, "aof-always").start()
-    settings.CACHES = {**settings.CACHES, "own": own.cache()}
-    settings.ONCEONLY_STORE = "django_onceonly.stores.RedisStore"
-    settings.ONCEONLY_REDIS_CACHE = "own"
+    use_as_store(own, settings)
     yield own
     own.stop(signal.SIGKILL)
 

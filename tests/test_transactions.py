@@ -314,3 +314,17 @@ def test_transactional_claim_in_a_testcase_test_stays_in_the_test_transaction(
 
     assert check_lock("welcome_email_1").result == "sent"
     assert committed_rows(backend.alias, "welcome_email_1") == 0
+
+
+@pytest.mark.parametrize("backend", in_test_transaction_params(*DATABASE_BACKENDS), indirect=True)
+def test_duplicates_in_a_testcase_test_are_counted_at_once(backend: Backend) -> None:
+    # The flusher thread's connection cannot see the test's uncommitted records, so under
+    # a TestCase the store writes each count in the test's transaction, at once.
+    check_lock("welcome_email_1").complete("sent")
+    for _ in range(3):
+        assert check_lock("welcome_email_1").duplicate
+
+    row = IdempotencyRecord.objects.using(backend.alias).get(key="welcome_email_1")
+    assert row.duplicates_blocked == 3
+    assert row.last_duplicate_at is not None
+    assert committed_rows(backend.alias, "welcome_email_1") == 0

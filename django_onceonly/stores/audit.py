@@ -38,7 +38,7 @@ from django.db.models import Q
 
 from ..conf import conf
 from ..exceptions import StoreUnavailable
-from . import get_store
+from . import duplicates, get_store
 from .redis import SHARDS, UNAVAILABLE_ERRORS, RedisStore, record_from_values
 from .redis_scripts import FIELDS, Script
 
@@ -134,11 +134,15 @@ def sync_audit(
     """Copy every changed ``RedisStore`` record to ``IdempotencyRecord``; return the counts.
 
     ``using`` defaults to ``ONCEONLY_DATABASE``. Safe to run from several processes at
-    once (only one works at a time) and to interrupt at any point.
+    once (only one works at a time) and to interrupt at any point. The duplicate counts
+    this process still holds are written first
+    (:func:`~django_onceonly.stores.duplicates.flush`); other processes' arrive within
+    a second, and the next sync copies them.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     store = _store(store)
+    duplicates.flush()
     try:
         return _sync(store, batch_size, using or conf.ONCEONLY_DATABASE)
     except UNAVAILABLE_ERRORS as exc:

@@ -14,6 +14,7 @@ primitives below, each **one atomic step** against its backend:
 ``_release_if_unchanged``   delete the record if it is still the version seen
 ``get(scope, key)``         read the record as stored
 ``force_release``           delete the record whoever owns it
+``_add_duplicates(counts)`` add a batch of buffered duplicate counts to their records
 =========================== ==============================================================
 
 Subclass :class:`BaseStore` and point ``ONCEONLY_STORE`` at your class to plug in another
@@ -31,6 +32,8 @@ from typing import Any, ClassVar
 
 from ..exceptions import LockLost
 from ..rules import AFTER_LEASE_CHOICES, FINISHED_STATUSES, Status, check_choice, lease_is_stale
+from . import duplicates
+from .duplicates import DuplicateCount
 
 # Plain re-exports of the Status values, for modules that still import them from here.
 IN_PROGRESS: str = Status.IN_PROGRESS.value
@@ -150,8 +153,15 @@ class BaseStore(abc.ABC):
       is fenced like any other, so a second claim resuming the same ``resume_token`` is
       an ordinary claim (a duplicate of the new owner). On any other record, or none,
       ``resume_token`` is ignored and the claim proceeds as usual.
-    - **Duplicates.** A claim that is not acquired adds one to ``duplicates_blocked`` and
-      sets ``last_duplicate_at`` to ``now``, in the same step.
+    - **Duplicates.** A claim that finds a live record only reads it: it writes nothing.
+      The base class counts the duplicate in this process's buffer
+      (:mod:`~django_onceonly.stores.duplicates`), which hands the counts to
+      :meth:`_add_duplicates` in batches, at most once a second and at exit, off the
+      caller's path; :func:`~django_onceonly.stores.duplicates.flush` writes them at
+      once. ``duplicates_blocked`` and ``last_duplicate_at`` are therefore up to a
+      second behind, and a process killed outright loses its last second of counts.
+      The exception is a ``"hold"`` that turns a stale lease ``unknown``: that claim
+      writes anyway, and counts itself in the same write (``lease_expired`` is true).
     - **Errors.** A backend that cannot be reached raises
       :class:`~django_onceonly.exceptions.StoreUnavailable`; nothing is half-written.
       A record the store cannot read (edited by hand, say) raises
@@ -170,7 +180,10 @@ class BaseStore(abc.ABC):
         """Claim ``(request.scope, request.key)`` for ``request.token``, atomically."""
         self._check_transactional(request.transactional)
         check_choice("after_lease", request.after_lease, AFTER_LEASE_CHOICES)
-        return self._claim(request)
+        result = self._claim(request)
+        if not result.acquired and not result.lease_expired:
+            self._count_duplicate(request, result.record)
+        return result
 
     def finish(
         self,
@@ -252,7 +265,11 @@ class BaseStore(abc.ABC):
             if (request.scope, request.key) in seen:
                 raise ValueError(f"a batch cannot claim the key {request.key!r} twice")
             seen.add((request.scope, request.key))
-        return self._claim_many(list(requests))
+        results = self._claim_many(list(requests))
+        for request, result in zip(requests, results, strict=True):
+            if not result.acquired and not result.lease_expired:
+                self._count_duplicate(request, result.record)
+        return results
 
     def release_if_unchanged(
         self,
@@ -289,6 +306,24 @@ class BaseStore(abc.ABC):
         """
 
     # -- the primitives each store implements ------------------------------------------
+
+    @abc.abstractmethod
+    def _add_duplicates(self, counts: Sequence[DuplicateCount]) -> Sequence[DuplicateCount]:
+        """Add each count to its record, in one batch where the backend allows.
+
+        For each :class:`~django_onceonly.stores.duplicates.DuplicateCount`: if the
+        record ``(scope, key)`` exists and its ``created_at`` is ``created_at`` (the
+        record the duplicates were blocked by, not one claimed afresh since), add
+        ``count`` to ``duplicates_blocked`` and set ``last_duplicate_at`` to
+        ``last_at`` unless it is later already. A missing record is never created.
+        Return the counts that could not be written, or raise (``StoreUnavailable``, say)
+        if none was: those are kept for the next flush. Runs on the flusher thread (or
+        in :func:`~django_onceonly.stores.duplicates.flush`), never on a claim's path.
+        """
+
+    def _count_duplicate(self, request: ClaimRequest, record: Record) -> None:
+        """Count the duplicate ``request`` was, blocked by ``record`` (in the buffer)."""
+        duplicates.add(self, request.scope, request.key, record.created_at, request.now)
 
     @abc.abstractmethod
     def _claim(self, request: ClaimRequest) -> ClaimResult:

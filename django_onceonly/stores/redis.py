@@ -1,8 +1,9 @@
 """``RedisStore``: records in Redis through django-redis, one server-side script per step.
 
 Every operation is one ``EVALSHA`` of a Lua script (``redis_scripts.py``), so it is
-atomic and costs one round trip: claim (which, on a duplicate, counts it and returns the
-stored record in the same reply), get, finish, release, extend, release-if-unchanged and
+atomic and costs one round trip: claim (which, on a duplicate, only reads and returns the
+stored record; the count is buffered and added later by ``ADD_DUPLICATES``, see
+:mod:`~django_onceonly.stores.duplicates`), get, finish, release, extend, release-if-unchanged and
 force-release. Taking over an expired record or a
 stale lease happens inside the claim script; there is no second step to race.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -47,6 +49,7 @@ from redis import Redis
 from redis.crc import key_slot
 from redis.exceptions import (
     ClusterError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
@@ -67,7 +70,9 @@ from .base import (
     ClaimResult,
     Record,
 )
+from .duplicates import DuplicateCount
 from .redis_scripts import (
+    ADD_DUPLICATES,
     CLAIM,
     DAMAGED_REPLY,
     EXTEND,
@@ -79,6 +84,8 @@ from .redis_scripts import (
     RELEASE_IF_UNCHANGED,
     Script,
 )
+
+logger = logging.getLogger("django_onceonly")
 
 SHARDS = 256
 # Redis answers these when it is up but cannot take the write; nothing was written.
@@ -383,17 +390,8 @@ class RedisStore(BaseStore):
         """
         if len(requests) < 2:  # a pipeline of one costs more than the call itself
             return [self._claim(request) for request in requests]
-        conn = self.connection
         calls = [self.claim_call(request) for request in requests]
-        try:
-            # No SCRIPT EXISTS round trip first: a NOSCRIPT reply means that call did not
-            # run, and it is rerun below as a single call, which loads the script.
-            pipe = conn.pipeline(transaction=False)
-            for script_keys, args in calls:
-                pipe.evalsha(CLAIM.sha, len(script_keys), *script_keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-        except UNAVAILABLE_ERRORS as exc:
-            raise _unavailable(self.alias, exc) from exc
+        replies = self._pipeline(CLAIM, calls)
         results: list[ClaimResult] = []
         try:
             for request, (script_keys, args), reply in zip(requests, calls, replies, strict=True):
@@ -417,6 +415,22 @@ class RedisStore(BaseStore):
             )
             raise
         return results
+
+    def _pipeline(
+        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str | int]]]
+    ) -> list[Any]:
+        """``script`` once per call, in one pipeline; the replies, errors among them.
+
+        No SCRIPT EXISTS round trip first: a NOSCRIPT reply means that call did not run
+        (the caller reruns it as a single call, which loads the script).
+        """
+        try:
+            pipe = self.connection.pipeline(transaction=False)
+            for script_keys, args in calls:
+                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            return list(pipe.execute(raise_on_error=False))
+        except UNAVAILABLE_ERRORS as exc:
+            raise _unavailable(self.alias, exc) from exc
 
     def _claim_result(self, request: ClaimRequest, reply: Any) -> ClaimResult:
         outcome = _text(reply[0])
@@ -505,6 +519,37 @@ class RedisStore(BaseStore):
     ) -> bool:
         args = [owner_token, status, "1" if allow_live else "0", to_micros(now)]
         return int(self._run(RELEASE_IF_UNCHANGED, scope, key, args)) == 1
+
+    def _add_duplicates(self, counts: Sequence[DuplicateCount]) -> list[DuplicateCount]:
+        """One pipeline of ``ADD_DUPLICATES`` calls, one per record (each in its slot)."""
+        counts = [count for count in counts if count.created_at is not None]
+        calls: list[tuple[list[str], list[str | int]]] = []
+        for count in counts:
+            assert count.created_at is not None
+            keys = self.keys(count.scope, count.key)
+            args: list[str | int] = [
+                keys.member,
+                to_micros(count.created_at),
+                count.count,
+                to_micros(count.last_at),
+            ]
+            calls.append((self._script_keys(keys), args))
+        replies = self._pipeline(ADD_DUPLICATES, calls)
+        left: list[DuplicateCount] = []
+        for count, (script_keys, args), reply in zip(counts, calls, replies, strict=True):
+            try:
+                if isinstance(reply, NoScriptError):  # nothing ran: load it and run it
+                    ADD_DUPLICATES(self.connection, script_keys, args)
+                elif isinstance(reply, Exception):
+                    raise reply
+            except UNAVAILABLE_ERRORS:
+                left.append(count)  # OOM, READONLY...: nothing written, kept for later
+            except ResponseError as exc:
+                if str(exc).startswith(UNAVAILABLE_REPLIES):
+                    left.append(count)
+                else:  # the others were written: this one is dropped, not the batch
+                    logger.warning("django-onceonly dropped a duplicate count: %s", exc)
+        return left
 
     # -- reads and the operator's release ----------------------------------------------
 

@@ -210,10 +210,23 @@ if status == 'in_progress' and lease and tonumber(lease) <= now then
     return answer('reclaimed')
   end
 end
-v[F.duplicates_blocked] = tostring(redis.call('HINCRBY', rec, 'duplicates_blocked', 1))
-v[F.last_duplicate_at] = ARGV[2]
-redis.call('HSET', rec, 'last_duplicate_at', ARGV[2])
-return answer('duplicate')
+-- a duplicate: read only (Python buffers the count, ADD_DUPLICATES writes it later)
+return reply('duplicate', v)
+"""
+
+# ARGV: member, created_at, count, last_at. Adds buffered duplicate counts to the record
+# only if it is still the one they were blocked by (same created_at): never recreates a
+# deleted record nor counts against one claimed afresh since. Reply: 1 if counted, else 0.
+_ADD_DUPLICATES = """
+local v = redis.pcall('HMGET', rec, 'created_at', 'last_duplicate_at')
+if v.err or v[1] ~= ARGV[2] then return 0 end
+local n = redis.pcall('HINCRBY', rec, 'duplicates_blocked', ARGV[3])
+if type(n) == 'table' and n.err then return 0 end  -- a damaged counter: left as it is
+if not v[2] or not tonumber(v[2]) or tonumber(v[2]) < tonumber(ARGV[4]) then
+  redis.call('HSET', rec, 'last_duplicate_at', ARGV[4])
+end
+mark('w')
+return 1
 """
 
 # ARGV: member. Reply: false, or reply('found', the record).
@@ -327,6 +340,7 @@ class Script:
 
 
 CLAIM = Script(_CLAIM)
+ADD_DUPLICATES = Script(_ADD_DUPLICATES)
 GET = Script(_GET)
 FINISH = Script(_FINISH)
 RELEASE = Script(_RELEASE)

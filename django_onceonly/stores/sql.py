@@ -136,55 +136,28 @@ class Statements:
         }
         head = f"INSERT INTO {table} ({', '.join(c[name] for name in COLUMNS)}) VALUES "
         row = f"({', '.join(inserted[name] for name in COLUMNS)})"
-        insert = head + row
+        where_key = f"{c['scope']} = %(scope)s AND {c['key']} = %(key)s"
+        # A claim inserts the record if the key is free and otherwise only reads: it writes
+        # nothing on a duplicate (the count is buffered, see stores/duplicates.py).
         if vendor == "mysql":
-            stale = (
-                f"({c['expires_at']} IS NOT NULL AND {c['expires_at']} <= VALUES({c['created_at']})) "
-                f"OR ({c['status']} = VALUES({c['status']}) "
-                f"AND {c['lease_expires_at']} <= VALUES({c['created_at']}))"
-            )
-            conflict = (
-                " ON DUPLICATE KEY UPDATE "
-                f"{c['duplicates_blocked']} = IF({stale}, {c['duplicates_blocked']}, "
-                f"{c['duplicates_blocked']} + 1), "
-                f"{c['last_duplicate_at']} = IF({stale}, {c['last_duplicate_at']}, "
-                f"VALUES({c['created_at']}))"
-            )
+            # A no-op update: MariaDB then returns the existing row.
+            conflict = f" ON DUPLICATE KEY UPDATE {c['scope']} = {c['scope']}"
         else:
-            t = table
-            stale = (
-                f"({t}.{c['expires_at']} IS NOT NULL AND {t}.{c['expires_at']} <= excluded.{c['created_at']}) "
-                f"OR ({t}.{c['status']} = excluded.{c['status']} "
-                f"AND {t}.{c['lease_expires_at']} <= excluded.{c['created_at']})"
-            )
-            conflict = (
-                f" ON CONFLICT ({c['scope']}, {c['key']}) DO UPDATE SET "
-                f"{c['duplicates_blocked']} = CASE WHEN {stale} THEN {t}.{c['duplicates_blocked']} "
-                f"ELSE {t}.{c['duplicates_blocked']} + 1 END, "
-                f"{c['last_duplicate_at']} = CASE WHEN {stale} THEN {t}.{c['last_duplicate_at']} "
-                f"ELSE excluded.{c['created_at']} END"
-            )
+            conflict = f" ON CONFLICT ({c['scope']}, {c['key']}) DO NOTHING"
         if self.returning:
             conflict += f" RETURNING {selected}"
-        claim = insert + conflict
-        self.claim = Statement.build(claim)
-        # check_locks: the same statement with one row per key, the parameters of row i
-        # named with the suffix _i (see claim_many).
+        # The insert that acquires an absent key; on a key taken it writes nothing and
+        # returns nothing (MariaDB: the existing row). See DatabaseStore._claim_on for
+        # when a claim reads first.
+        self.claim = Statement.build(head + row + conflict)
+        # check_locks: the insert with one row per key, the parameters of row i named
+        # with the suffix _i (see claim_many).
         self._many = (head, row, conflict)
         self._claim_many: dict[int, Statement] = {}
-        # A claim that finds the key taken writes nothing that matters (a counter and a
-        # time), yet in autocommit its commit would wait for the WAL flush like a real
-        # claim: on PostgreSQL that wait is most of a duplicate check's cost. Such a claim
-        # commits asynchronously instead (only that statement's own transaction; a server
-        # crash may lose the last few counts, never a claim). Not when the statement runs
-        # in the caller's transaction: that would make the caller's commit asynchronous.
-        self.claim_autocommit: Statement | None = None
-        if vendor == "postgresql":
-            self.claim_autocommit = Statement.build(
-                f"{claim}, CASE WHEN {table}.{c['owner_token']} <> %(token)s "
-                "THEN set_config('synchronous_commit', 'off', true) END"
-            )
-        where_key = f"{c['scope']} = %(scope)s AND {c['key']} = %(key)s"
+        self._select_many = f"SELECT {selected} FROM {table} WHERE "
+        self._where_key = where_key
+        self._dup_parts = self._add_duplicates_template(vendor, table, c, conn)
+        self._dup_statements: dict[int, Statement] = {}
         self.select = Statement.build(f"SELECT {selected} FROM {table} WHERE {where_key}")
         owned = f"{where_key} AND {c['owner_token']} = %(owner)s"
         self.hold = Statement.build(
@@ -239,6 +212,61 @@ class Statements:
             f"AND {c['lease_expires_at']} IS NOT NULL AND {c['lease_expires_at']} > %(now)s)"
         )
 
+    @staticmethod
+    def _add_duplicates_template(
+        vendor: str, table: str, c: dict[str, str], conn: BaseDatabaseWrapper
+    ) -> tuple[str, str, str]:
+        """(head, one row of values, tail) of the statement adding buffered counts."""
+        dups, last = c["duplicates_blocked"], c["last_duplicate_at"]
+        on = (
+            f"{table}.{c['scope']} = v.scope AND {table}.{c['key']} = v.k "
+            f"AND {table}.{c['created_at']} = v.created"
+        )
+        latest = f"CASE WHEN {table}.{last} IS NULL OR {table}.{last} < v.at THEN v.at ELSE {table}.{last} END"
+        if vendor == "mysql":
+            # A derived table of SELECTs: MariaDB's VALUES constructor cannot name columns.
+            return (
+                f"UPDATE {table} JOIN (",
+                "SELECT %(scope)s AS scope, %(key)s AS k, %(created)s AS created, "
+                "%(count)s AS n, %(at)s AS at",
+                f") AS v ON {on} SET {table}.{last} = {latest}, "
+                f"{table}.{dups} = {table}.{dups} + v.n",
+            )
+        if vendor == "postgresql":
+            from ..models import IdempotencyRecord
+
+            time_type = IdempotencyRecord._meta.get_field("created_at").db_type(conn)
+            values = (
+                f"(%(scope)s, %(key)s, CAST(%(created)s AS {time_type}), "
+                f"CAST(%(count)s AS bigint), CAST(%(at)s AS {time_type}))"
+            )
+        else:
+            values = "(%(scope)s, %(key)s, %(created)s, %(count)s, %(at)s)"
+        return (
+            "WITH v (scope, k, created, n, at) AS (VALUES ",
+            values,
+            f") UPDATE {table} SET {dups} = {table}.{dups} + v.n, {last} = {latest} "
+            f"FROM v WHERE {on}",
+        )
+
+    def add_duplicates(self, count: int) -> Statement:
+        """Add ``count`` buffered counts in one statement; row ``i``'s parameters are
+        named with the suffix ``_i`` (``scope_0``, ``key_0``, ``created_0``, ``count_0``,
+        ``at_0``). A record that is gone, or was claimed afresh since, is left alone."""
+        statement = self._dup_statements.get(count)
+        if statement is None:
+            head, row, tail = self._dup_parts
+            joiner = " UNION ALL " if head.startswith("UPDATE") else ", "
+            rows = joiner.join(_suffixed(row, i) for i in range(count))
+            statement = self._dup_statements[count] = Statement.build(head + rows + tail)
+        return statement
+
+    def select_many(self, count: int) -> Statement:
+        """Read ``count`` records at once; the parameters of key ``i`` named ``scope_i``,
+        ``key_i``."""
+        keys = " OR ".join(f"({_suffixed(self._where_key, i)})" for i in range(count))
+        return Statement.build(self._select_many + keys)
+
     def claim_many(self, count: int) -> Statement:
         """The claim of ``count`` keys in one statement (``returning`` databases only).
 
@@ -248,12 +276,14 @@ class Statements:
         statement = self._claim_many.get(count)
         if statement is None:
             head, row, conflict = self._many
-            rows = ", ".join(
-                _PLACEHOLDER.sub(lambda match, i=i: f"%({match.group(1)}_{i})s", row)  # type: ignore[misc]
-                for i in range(count)
-            )
+            rows = ", ".join(_suffixed(row, i) for i in range(count))
             statement = self._claim_many[count] = Statement.build(head + rows + conflict)
         return statement
+
+
+def _suffixed(template: str, index: int) -> str:
+    """``template`` with each parameter ``%(name)s`` renamed ``%(name_<index>)s``."""
+    return _PLACEHOLDER.sub(lambda match: f"%({match.group(1)}_{index})s", template)
 
 
 def row_params(values: Params, index: int) -> dict[str, Any]:

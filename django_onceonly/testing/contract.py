@@ -38,7 +38,7 @@ from django.utils import timezone
 
 from django_onceonly import FingerprintMismatch, LockLost, check_lock, signals
 from django_onceonly.locks import Lock
-from django_onceonly.stores import BaseStore, ClaimRequest, Record, get_store
+from django_onceonly.stores import BaseStore, ClaimRequest, Record, duplicates, get_store
 from django_onceonly.stores.base import RECORD_FIELDS
 
 __all__ = ["PAST_SHORT", "SHORT", "SignalLog", "StoreContract", "StoreTestCase", "StoreUnderTest"]
@@ -60,7 +60,9 @@ class StoreUnderTest:
         return get_store()
 
     def record(self, key: str, scope: str = "") -> Record | None:
-        """The record as the store keeps it (expired or not), or None."""
+        """The record as the store keeps it (expired or not), or None, once this process's
+        buffered duplicate counts are written (:func:`~django_onceonly.stores.duplicates.flush`)."""
+        duplicates.flush()
         return self.store.get(scope, key)
 
 
@@ -98,6 +100,7 @@ class StoreTestCase:
         settings.ONCEONLY_STORE = path
         self.reset_store(get_store())
         yield StoreUnderTest(name=type(self).__name__, race_trials=self.race_trials)
+        duplicates.flush()  # while the test's store and records are still there
         self.reset_store(get_store())
 
 
@@ -235,6 +238,7 @@ class StoreContract(StoreTestCase):
             "duplicates_blocked": 1,
             "last_duplicate_at": at[1],
         }
+        duplicates.flush()
         assert _fields(store.get("scope-a", "key-b")) == expected
 
         store.finish(

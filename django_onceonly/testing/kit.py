@@ -244,6 +244,9 @@ class UnavailableStore(BaseStore):
     def force_release(self, scope: str, key: str) -> bool:
         raise self._down()
 
+    def _add_duplicates(self, *args: Any, **kwargs: Any) -> list[Any]:
+        raise self._down()
+
 
 def store_down(
     task: Any,

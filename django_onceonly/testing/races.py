@@ -218,7 +218,7 @@ def assert_one_winner(
         assert record is not None
         assert record.status == "in_progress"
         assert record.owner_token == winner.token
-        # Every loser was counted, once, in the same step as its claim.
+        # Every loser was counted, once (record() writes the buffered counts first).
         assert record.duplicates_blocked == len(trial) - 1, (key, record)
 
 

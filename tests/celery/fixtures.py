@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from django.db import connections
 
+from django_onceonly.stores import Record, duplicates, get_store
 from tests.celery.app import Tasks, make_app, read_effects
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,3 +303,19 @@ def pg_records(settings: Any) -> None:
     """The test process reads the records the worker writes (PostgreSQL test database)."""
     settings.ONCEONLY_STORE = "django_onceonly.stores.DatabaseStore"
     settings.ONCEONLY_DATABASE = "postgres"
+
+
+def counted_record(key: str, duplicates_blocked: int) -> Record:
+    """The record ``key`` once at least ``duplicates_blocked`` duplicates are counted in it.
+
+    A worker writes the counts of the duplicates it blocked from its flusher thread,
+    within a second (stores/duplicates.py), so they reach the store a little later.
+    """
+
+    def counted() -> Record | None:
+        duplicates.flush()  # those this process blocked itself
+        stored = get_store().get("", key)
+        return stored if stored and stored.duplicates_blocked >= duplicates_blocked else None
+
+    record: Record = wait_until(counted, f"{duplicates_blocked} duplicate(s) counted in {key!r}")
+    return record
