@@ -1,6 +1,7 @@
 """Queries that several callers share: the admin, the stats, the commands and the purge.
 
-They live on the model's queryset (``IdempotencyRecord.objects``), as
+They live on the models' querysets (``IdempotencyRecord.objects``,
+``OutboxMessage.objects``), as
 django-celery-results keeps its own in ``managers.py``, so that each is written once.
 Every query here is meant to stay cheap on a table of millions of rows:
 
@@ -33,7 +34,7 @@ from django.utils import timezone
 from .rules import Status
 
 if TYPE_CHECKING:
-    from .models import IdempotencyRecord  # noqa: F401 (named in a string below)
+    from .models import IdempotencyRecord, OutboxMessage  # noqa: F401 (named in strings below)
 
 # Counting stops here; beyond it the number shown is the database's estimate.
 COUNT_CAP = 10_000
@@ -345,3 +346,48 @@ class IdempotencyRecordQuerySet(models.QuerySet["IdempotencyRecord"]):
         with conn.cursor() as cursor:
             cursor.execute(sql, params)
             return int(cursor.rowcount)
+
+
+class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
+    """Queries on the outbox that the relay, the purge, the stats and the admin share."""
+
+    def pending(self) -> OutboxMessageQuerySet:
+        """Messages written by a committed transaction and not yet published."""
+        return self.filter(published_at__isnull=True)
+
+    def published(self) -> OutboxMessageQuerySet:
+        return self.filter(published_at__isnull=False)
+
+    def older_than(self, seconds: float, now: dt.datetime | None = None) -> OutboxMessageQuerySet:
+        """Pending messages written more than ``seconds`` ago: what an alert looks at.
+
+        A few such rows mean a broker outage the relay is waiting out; a growing number
+        means no relay is running.
+        """
+        now = now or timezone.now()
+        return self.pending().filter(created_at__lte=now - dt.timedelta(seconds=seconds))
+
+    def purge_published(
+        self, *, older_than: float = 0.0, batch_size: int = 1000, dry_run: bool = False
+    ) -> int:
+        """Delete published messages (published more than ``older_than`` seconds ago).
+
+        In batches of ``batch_size``, each one short ``DELETE ... WHERE id IN (...)``,
+        as :meth:`IdempotencyRecordQuerySet.purge_expired` does. Pending messages are
+        never deleted.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        cutoff = timezone.now() - dt.timedelta(seconds=older_than)
+        done = self.filter(published_at__lte=cutoff)
+        if dry_run:
+            return done.count()
+        deleted = 0
+        while True:
+            ids = list(done.order_by("published_at").values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                return deleted
+            count, _ = self.filter(pk__in=ids, published_at__isnull=False).delete()
+            deleted += count
+            if len(ids) < batch_size:
+                return deleted

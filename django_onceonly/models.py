@@ -10,7 +10,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .managers import IdempotencyRecordQuerySet
+from .managers import IdempotencyRecordQuerySet, OutboxMessageQuerySet
 from .rules import Status as Status  # re-exported: older code imports it from here
 from .rules import lease_is_live
 
@@ -84,51 +84,6 @@ class IdempotencyRecord(models.Model):
     def lease_is_live(self, now: dt.datetime | None = None) -> bool:
         """True when an owner may be running this intent right now (``rules.lease_is_live``)."""
         return lease_is_live(self.status, self.lease_expires_at, now or timezone.now())
-
-
-class OutboxMessageQuerySet(models.QuerySet["OutboxMessage"]):
-    """Queries on the outbox that the relay, the purge, the stats and the admin share."""
-
-    def pending(self) -> OutboxMessageQuerySet:
-        """Messages written by a committed transaction and not yet published."""
-        return self.filter(published_at__isnull=True)
-
-    def published(self) -> OutboxMessageQuerySet:
-        return self.filter(published_at__isnull=False)
-
-    def older_than(self, seconds: float, now: dt.datetime | None = None) -> OutboxMessageQuerySet:
-        """Pending messages written more than ``seconds`` ago: what an alert looks at.
-
-        A few such rows mean a broker outage the relay is waiting out; a growing number
-        means no relay is running.
-        """
-        now = now or timezone.now()
-        return self.pending().filter(created_at__lte=now - dt.timedelta(seconds=seconds))
-
-    def purge_published(
-        self, *, older_than: float = 0.0, batch_size: int = 1000, dry_run: bool = False
-    ) -> int:
-        """Delete published messages (published more than ``older_than`` seconds ago).
-
-        In batches of ``batch_size``, each one short ``DELETE ... WHERE id IN (...)``,
-        as :meth:`IdempotencyRecordQuerySet.purge_expired` does. Pending messages are
-        never deleted.
-        """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        cutoff = timezone.now() - dt.timedelta(seconds=older_than)
-        done = self.filter(published_at__lte=cutoff)
-        if dry_run:
-            return done.count()
-        deleted = 0
-        while True:
-            ids = list(done.order_by("published_at").values_list("pk", flat=True)[:batch_size])
-            if not ids:
-                return deleted
-            count, _ = self.filter(pk__in=ids, published_at__isnull=False).delete()
-            deleted += count
-            if len(ids) < batch_size:
-                return deleted
 
 
 class OutboxMessage(models.Model):
