@@ -83,6 +83,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", backend_params(), indirect=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_duplicate_counts_left_over() -> Iterator[None]:
+    """Each test starts with an empty duplicate-count buffer.
+
+    A test that reads counts flushes them itself (``Backend.record`` does); what is left
+    at its end, such as counts for a redis-server the test stopped, is dropped.
+    """
+    yield
+    duplicates.discard()
+
+
 @pytest.fixture
 def backend(request: pytest.FixtureRequest, settings: Any) -> Iterator[Backend]:
     """The store under test: ``ONCEONLY_STORE`` and ``ONCEONLY_DATABASE`` point at it."""

@@ -324,3 +324,17 @@ def test_counts_past_the_cap_are_dropped_with_a_warning_while_the_store_is_down(
     counted = {key: store.get("", key).duplicates_blocked for key in keys}  # type: ignore[union-attr]
     assert sorted(counted.values()) == [0, 0, 1, 1, 1]
     assert "dropped 2 duplicate count(s)" in caplog.text
+
+
+@pytest.mark.parametrize("backend", backend_params("redis"), indirect=True)
+def test_discard_drops_the_pending_counts_unwritten(backend: Backend) -> None:
+    check_lock("dropped").complete("r")
+    assert check_lock("dropped").duplicate
+    assert check_lock("dropped").duplicate
+
+    assert duplicates.discard() == 1  # one record had counts waiting
+
+    assert duplicates.flush()
+    record = get_store().get("", "dropped")
+    assert record is not None
+    assert record.duplicates_blocked == 0

@@ -200,6 +200,15 @@ def flush() -> bool:
         return False
 
 
+def discard() -> int:
+    """Drop this process's pending duplicate counts unwritten; how many records had some.
+
+    For tests: counts left for a store a test has stopped (its own redis-server, say)
+    would otherwise wait for it, and make every later :func:`flush` return False.
+    """
+    return sum(len(counts) for counts in _buffer.take().values())
+
+
 def _flush_at_exit(*args: object, **kwargs: object) -> None:
     flush()
 
