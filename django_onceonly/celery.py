@@ -37,6 +37,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -60,7 +61,7 @@ from .exceptions import (
 )
 from .heartbeat import Beat as _Beat
 from .heartbeat import heartbeat as _heartbeat
-from .keys import make_key, validate_scope
+from .keys import make_key, validate_key, validate_scope
 from .locks import LOCKED, Lock, check_lock
 from .rules import (
     ON_ERROR_CHOICES,
@@ -95,6 +96,7 @@ HEADER_FINISH = "onceonly_finish"
 # doubling each time up to the cap. It does not use up the task's retries.
 FINISH_DELAY_FIRST = 1.0
 FINISH_DELAY_MAX = 60.0
+_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
 # The lease of a task with a hard time limit: the limit, plus this share of it, plus at
@@ -352,7 +354,7 @@ class OnceTask(Task[..., Any]):
         self, lock: Lock, encoded: str, exc: StoreUnavailable, *, attempt: int
     ) -> None:
         """Publish a message that stores ``lock``'s outcome when the store is back."""
-        countdown = min(FINISH_DELAY_MAX, FINISH_DELAY_FIRST * 2**attempt)
+        countdown = min(FINISH_DELAY_MAX, FINISH_DELAY_FIRST * 2 ** min(attempt, 16))
         headers = self._headers(token=None)
         headers[HEADER_FINISH] = {
             "token": lock.token,
@@ -384,16 +386,28 @@ class OnceTask(Task[..., Any]):
         )
 
     def _finish_from_message(self, key: str, scope: str, finish: Any) -> Any:
-        """Store the outcome a ``_finish_later`` message carries; the body does not run."""
+        """Store the outcome a ``_finish_later`` message carries; the body does not run.
+
+        Anyone who can publish to the broker can send this header: every field is checked
+        before anything is written, and a malformed one rejects the message.
+        """
         try:
+            validate_key(key)
+            validate_scope(scope)
+            if not isinstance(finish, dict):
+                raise TypeError(f"it must be an object, not {type(finish).__name__}")
             token, encoded = finish["token"], finish["result"]
-            ttl, attempt = finish["ttl"], int(finish["attempt"])
-            if not (isinstance(token, str) and token and isinstance(encoded, str)):
-                raise TypeError("token and result must be text")
-            if ttl is not None:
-                ttl = float(ttl)
+            ttl, attempt = finish["ttl"], finish["attempt"]
+            if not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+                raise ValueError("token must be an owner token (32 hexadecimal digits)")
+            if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+                raise ValueError("attempt must be a whole number from 1")
+            ttl = optional_seconds(ttl, "ttl")
+            if not isinstance(encoded, str):
+                raise TypeError("result must be the encoded result (text)")
             result = json.loads(encoded)
-        except (KeyError, TypeError, ValueError) as exc:
+            encode_result(result)  # what complete() would refuse, refused before a write
+        except (KeyError, TypeError, ValueError, OnceOnlyError) as exc:
             raise Reject(f"malformed {HEADER_FINISH} header: {exc}", requeue=False) from exc
         lock = Lock(
             key=key,

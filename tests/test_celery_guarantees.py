@@ -19,6 +19,8 @@ import pytest
 from celery import chain, chord, group
 
 from django_onceonly import IntentBlocked, InvalidResult, ResultTooLarge
+from django_onceonly.celery import HEADER_FINISH, HEADER_KEY, HEADER_SCOPE
+from django_onceonly.models import IdempotencyRecord
 from django_onceonly.stores import duplicates, get_store
 from django_onceonly.stores.base import Record
 from tests.celery.app import TEST_SETTINGS_HEADER
@@ -425,6 +427,77 @@ def test_store_down_when_the_body_returns_stores_the_outcome_from_a_message_once
     # A later message for the intent is a duplicate answered with that outcome.
     assert tasks.send.delay(tag).get(timeout=RESULT_TIMEOUT) == value
     assert env.count(tag, "sent") == 1
+
+
+MALFORMED_FINISH: list[Any] = [
+    "not an object",
+    {"token": 5, "result": "1", "ttl": None, "attempt": 1},
+    {"token": "abc", "result": "1", "ttl": None, "attempt": 1},
+    {"token": "0" * 32, "result": "not json {", "ttl": None, "attempt": 1},
+    {"token": "0" * 32, "result": "NaN", "ttl": None, "attempt": 1},
+    {"token": "0" * 32, "result": "1", "ttl": 1e12, "attempt": 1},
+    {"token": "0" * 32, "result": "1", "ttl": -1, "attempt": 1},
+    {"token": "0" * 32, "result": "1", "ttl": None, "attempt": True},
+    {"token": "0" * 32, "result": "1", "ttl": None},
+]
+
+
+def test_a_malformed_finish_header_is_rejected_and_writes_nothing(
+    redis_worker: Running,
+) -> None:
+    # Anyone who can publish to the broker can send the header that stores an outcome.
+    tasks, env = redis_worker.tasks, redis_worker.env
+    log = redis_worker.worker.log_text
+    before = log().count("malformed onceonly_finish header")
+    tags = [new_tag() for _ in MALFORMED_FINISH]
+    bad_keys = {tags[0]: "send-\x00nul"}  # an invalid key in a well-formed header
+    for tag, finish in zip(tags, MALFORMED_FINISH, strict=True):
+        headers = {HEADER_KEY: f"send-{tag}", HEADER_SCOPE: "", HEADER_FINISH: finish}
+        tasks.send.apply_async((tag,), headers=headers)
+    nul_tag = new_tag()
+    tasks.send.apply_async(
+        (nul_tag,),
+        headers={
+            HEADER_KEY: bad_keys[tags[0]],
+            HEADER_SCOPE: "",
+            HEADER_FINISH: {"token": "0" * 32, "result": "1", "ttl": None, "attempt": 1},
+        },
+    )
+
+    expected = len(MALFORMED_FINISH) + 1
+    wait_until(
+        lambda: log().count("malformed onceonly_finish header") - before >= expected,
+        f"{expected} rejections in the worker log",
+    )
+    for tag in [*tags, nul_tag]:
+        assert record(f"send-{tag}") is None
+        assert env.count(tag, "start") == 0
+    # (A key with a NUL cannot even be looked up on PostgreSQL: nothing near it exists.)
+    assert not IdempotencyRecord.objects.using("postgres").filter(key__endswith="nul").exists()
+
+
+def test_a_finish_header_with_another_owners_token_changes_nothing(
+    redis_worker: Running,
+) -> None:
+    tasks, env = redis_worker.tasks, redis_worker.env
+    tag = new_tag()
+    value = tasks.send.delay(tag).get(timeout=RESULT_TIMEOUT)
+    first = record(f"send-{tag}")
+    assert first is not None
+
+    forged = {"token": "f" * 32, "result": '"forged"', "ttl": None, "attempt": 1}
+    answer = tasks.send.apply_async(
+        (tag,), headers={HEADER_KEY: f"send-{tag}", HEADER_SCOPE: "", HEADER_FINISH: forged}
+    )
+
+    assert answer.get(timeout=RESULT_TIMEOUT) == "forged"  # what it carried, not stored
+    after = record(f"send-{tag}")
+    assert after is not None
+    assert after.status == "completed"
+    assert after.result == value
+    assert after.owner_token == first.owner_token
+    assert env.count(tag, "sent") == 1
+    assert f"could not store the outcome of key 'send-{tag}'" in redis_worker.worker.log_text()
 
 
 def test_store_down_with_on_store_error_run_runs_unprotected_and_warns(
