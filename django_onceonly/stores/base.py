@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
@@ -122,6 +124,31 @@ class ClaimResult:
     acquired: bool
     record: Record
     lease_expired: bool = False
+
+
+class TakenKeys:
+    """The ``(scope, key)`` pairs this process most recently found taken, at most ``size``.
+
+    A store reads such a key before it tries to claim it, since duplicates come in storms
+    on the same keys (``DatabaseStore._claim_on``). It only decides
+    what a claim sends first, never its answer: a stale entry costs one extra round
+    trip, nothing else.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, name: tuple[str, str]) -> bool:
+        return name in self._keys
+
+    def add(self, name: tuple[str, str]) -> None:
+        with self._lock:
+            self._keys[name] = None
+            self._keys.move_to_end(name)
+            if len(self._keys) > self._size:
+                self._keys.popitem(last=False)
 
 
 class BaseStore(abc.ABC):

@@ -33,7 +33,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
@@ -49,7 +48,7 @@ from ..conf import conf
 from ..exceptions import DamagedRecord, StoreUnavailable
 from ..rules import Status
 from . import duplicates
-from .base import TIME_FIELDS, BaseStore, ClaimRequest, ClaimResult, Record
+from .base import TIME_FIELDS, BaseStore, ClaimRequest, ClaimResult, Record, TakenKeys
 from .duplicates import DuplicateCount
 from .sql import COLUMNS, Params, Statement, Statements, jsonb_text, row_params
 
@@ -158,29 +157,6 @@ def _error_code(exc: BaseException) -> Any:
     return args[0] if args else None
 
 
-class _TakenKeys:
-    """The ``(scope, key)`` pairs this process most recently found taken, at most ``size``.
-
-    Only decides which statement a claim sends first (see ``_claim_on``), never its
-    answer: a stale entry costs one extra statement, nothing else.
-    """
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __contains__(self, name: tuple[str, str]) -> bool:
-        return name in self._keys
-
-    def add(self, name: tuple[str, str]) -> None:
-        with self._lock:
-            self._keys[name] = None
-            self._keys.move_to_end(name)
-            if len(self._keys) > self._size:
-                self._keys.popitem(last=False)
-
-
 class DatabaseStore(BaseStore):
     """Records in the ``IdempotencyRecord`` table of ``ONCEONLY_DATABASE``.
 
@@ -191,7 +167,7 @@ class DatabaseStore(BaseStore):
 
     def __init__(self, using: str | None = None) -> None:
         self._using = using
-        self._taken = _TakenKeys()
+        self._taken = TakenKeys()
 
     @property
     def alias(self) -> str:
