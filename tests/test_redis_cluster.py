@@ -31,6 +31,7 @@ from django_onceonly import StoreUnavailable, check_lock, check_locks
 from django_onceonly.models import IdempotencyRecord
 from django_onceonly.stores import RedisStore, get_store
 from django_onceonly.stores.audit import sync_audit
+from django_onceonly.stores.base import TakenKeys
 from django_onceonly.stores.database import close_connections
 from django_onceonly.testing.contract import StoreContract, StoreUnderTest
 from django_onceonly.testing.races import RaceContract
@@ -209,8 +210,13 @@ def test_a_slot_moved_between_masters_keeps_its_records_and_fails_only_as_unavai
         )
 
     migrate(list(cluster_store.shard_keys(shard)))  # the marks first, the records after
+    # A duplicate check on a key this process has seen taken reads only the record (one
+    # HMGET), still on the source: it answers. A script needs the record and the marks,
+    # now on two masters: a process that has not seen the key gets StoreUnavailable.
+    assert check_lock(existing[0]).result == {"sent": existing[0]}
+    cluster_store._taken = TakenKeys()
     with pytest.raises(StoreUnavailable, match="unavailable") as duplicate:
-        check_lock(existing[0])
+        check_lock(existing[1])
     with pytest.raises(StoreUnavailable, match="unavailable") as new:
         check_lock(fresh[0])
     # redis-py retried the TRYAGAIN replies until its redirection budget ran out.

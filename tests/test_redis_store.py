@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from django_onceonly import LockLost, StoreUnavailable, check_lock
 from django_onceonly.stores import RedisStore, get_store
-from django_onceonly.stores.base import ClaimRequest
+from django_onceonly.stores.base import ClaimRequest, TakenKeys
 from tests.conftest import delete_redis_test_keys
 from tests.redis_server import RedisServer, needs_redis_server
 
@@ -103,12 +104,24 @@ def test_each_operation_is_one_round_trip(counting: None, settings: Any) -> None
     assert trips(released.release) == 1
     failed = check_lock("f")
     assert trips(lambda: failed.fail("no")) == 1
+    # A key this process has seen taken is read first (HMGET): a live record is the
+    # answer in that one read; a stale one goes on to the claim script, a second trip.
+    # A process that has not seen the key runs the script at once.
     settings.ONCEONLY_AFTER_LEASE = "hold"
     check_lock("stale", lease=0.001)
-    assert trips(lambda: check_lock("stale")) == 1  # turning a stale lease unknown
+    time.sleep(0.01)
+    assert trips(lambda: answers.append(check_lock("stale"))) == 2
+    assert answers[-1].record_status == "unknown"  # a stale lease turned unknown
     settings.ONCEONLY_AFTER_LEASE = "reclaim"
     check_lock("stale-2", lease=0.001)
-    assert trips(lambda: check_lock("stale-2")) == 1  # taking a stale lease over
+    time.sleep(0.01)
+    assert trips(lambda: answers.append(check_lock("stale-2"))) == 2
+    assert answers[-1].locked  # a stale lease taken over
+    check_lock("stale-3", lease=0.001)
+    time.sleep(0.01)
+    get_store()._taken = TakenKeys()  # type: ignore[attr-defined]  # another process
+    assert trips(lambda: answers.append(check_lock("stale-3"))) == 1
+    assert answers[-1].locked
 
 
 @pytest.mark.parametrize(
@@ -230,3 +243,61 @@ def test_a_server_out_of_memory_is_unavailable_and_nothing_is_half_written(
         assert check_lock("charge-7").result == "charged"
     finally:
         server.stop(signal.SIGKILL)
+
+
+# What a second claim at `now` finds, set up by a first claim at T0 (lease 60 s) and,
+# where given, its outcome; and the second claim's options.
+T0 = dt.datetime(2031, 7, 4, 12, 0, 0, tzinfo=UTC)
+LATER = {
+    "live claim of another owner": (None, T0 + dt.timedelta(seconds=10), {}),
+    "completed, not expired": ("completed", T0 + dt.timedelta(seconds=10), {}),
+    "failed, not expired": ("failed", T0 + dt.timedelta(seconds=10), {}),
+    "unknown (never expires)": ("unknown", T0 + dt.timedelta(days=400), {}),
+    "completed and expired": ("completed", T0 + dt.timedelta(hours=2), {}),
+    "stale lease, reclaim": (None, T0 + dt.timedelta(seconds=61), {}),
+    "stale lease, hold": (None, T0 + dt.timedelta(seconds=61), {"after_lease": "hold"}),
+    "stale lease, other fingerprint": (None, T0 + dt.timedelta(seconds=61), {"fingerprint": "b"}),
+    "the same claim resent": (None, T0 + dt.timedelta(seconds=1), {"token": "first"}),
+    "a retry resuming its claim": (None, T0 + dt.timedelta(seconds=1), {"resume_token": "first"}),
+}
+
+
+@pytest.mark.parametrize("case", list(LATER))
+@pytest.mark.services("redis")
+def test_reading_a_key_seen_taken_first_gives_the_scripts_answer(
+    store: RedisStore, case: str
+) -> None:
+    outcome_status, now, options = LATER[case]
+    lease = dt.timedelta(seconds=60)
+
+    def setup() -> None:
+        store.force_release("", "k")
+        first = request("k", T0, lease, token="first", fingerprint="a")
+        assert store.claim(first).acquired
+        if outcome_status is not None:
+            store.finish(
+                "",
+                "k",
+                "first",
+                status=outcome_status,
+                result_json='{"id": 1}' if outcome_status == "completed" else None,
+                error="" if outcome_status == "completed" else "no",
+                now=T0,
+                expires_at=None if outcome_status == "unknown" else T0 + dt.timedelta(hours=1),
+            )
+
+    answers = []
+    for seen_taken in (True, False):
+        setup()
+        store._taken = TakenKeys()
+        if seen_taken:
+            store._taken.add(("", "k"))
+        second = request("k", now, lease, **{"token": "second", **options})
+        answer = store.claim(second)
+        answers.append((answer, store.get("", "k")))
+
+    (read_first, after_read_first), (script, after_script) = answers
+    assert read_first.acquired == script.acquired
+    assert read_first.lease_expired == script.lease_expired
+    assert read_first.record == script.record
+    assert after_read_first == after_script
