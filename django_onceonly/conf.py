@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
+from django.utils.functional import empty
 
 DEFAULTS: dict[str, Any] = {
     "ONCEONLY_STORE": "django_onceonly.stores.DatabaseStore",
@@ -38,25 +39,32 @@ class Settings:
     def get(self, name: str) -> Any:
         """The raw value of ``name`` as configured, or its default.
 
-        Read live each time. Django answers a defined setting from its own cache, but an
-        undefined one by raising and catching ``AttributeError`` (about 2 µs, several
-        times per claim), so the names found undefined are remembered for as long as the
-        settings object stays the same one with the same number of attributes.
+        Read live each time, from the settings object itself (what
+        ``django.conf.settings`` wraps, which its assignments and ``override_settings``
+        change): a defined setting is one dictionary lookup. Django answers an undefined
+        one by raising and catching ``AttributeError`` (about 2 µs, several times per
+        claim), so the names found undefined are remembered for as long as the settings
+        object stays the same one with the same number of attributes.
         ``override_settings`` swaps the object, and assigning or deleting a setting
         changes the count, so either is seen at the next read.
         """
-        try:
-            wrapped = cast(Any, settings)._wrapped
-            size = len(wrapped.__dict__)
-        except AttributeError:  # not configured yet: Django's own error, or a default
+        # object.__getattribute__: LazySettings' own __getattribute__ is Python code.
+        wrapped = object.__getattribute__(settings, "_wrapped")
+        if wrapped is empty:  # not configured yet: Django's own error, or a default
             return getattr(settings, name, DEFAULTS[name])
+        own = wrapped.__dict__
+        value = own.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        # Inherited by an override_settings holder from the settings under it, or absent.
+        size = len(own)
         seen, seen_size, absent = self._absent
         if seen is wrapped and seen_size == size:
             if name in absent:
                 return DEFAULTS[name]
         else:
             absent = frozenset()
-        value = getattr(settings, name, _MISSING)
+        value = getattr(wrapped, name, _MISSING)
         if value is _MISSING:
             self._absent = (wrapped, size, absent | {name})
             return DEFAULTS[name]

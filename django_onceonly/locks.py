@@ -13,7 +13,7 @@ import math
 import secrets
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
@@ -330,6 +330,9 @@ class _Options:
 
     __slots__ = ("lease", "metadata", "metadata_json", "on_error", "ttl")
 
+    # (ONCEONLY_TTL, ONCEONLY_LEASE, the options built from them): see build().
+    _from_settings: ClassVar[tuple[Any, Any, _Options] | None] = None
+
     def __init__(
         self, ttl: float | None, lease: float, metadata: dict[str, Any], on_error: str
     ) -> None:
@@ -341,6 +344,28 @@ class _Options:
 
     @classmethod
     def build(
+        cls,
+        *,
+        ttl: float | dt.timedelta | None,
+        lease: float | dt.timedelta | None,
+        metadata: Mapping[str, Any] | None,
+        on_error: str,
+    ) -> _Options:
+        if ttl is None and lease is None and metadata is None and on_error == "release":
+            # The common call: every option from the settings. The options built from the
+            # settings' values last time are reused while those values stay the same
+            # objects (an identity test: True is not taken for 1).
+            ttl_setting, lease_setting = conf.ONCEONLY_TTL, conf.ONCEONLY_LEASE
+            last = _Options._from_settings
+            if last is not None and last[0] is ttl_setting and last[1] is lease_setting:
+                return last[2]
+            built = cls._build(ttl=ttl, lease=lease, metadata=None, on_error=on_error)
+            _Options._from_settings = (ttl_setting, lease_setting, built)
+            return built
+        return cls._build(ttl=ttl, lease=lease, metadata=metadata, on_error=on_error)
+
+    @classmethod
+    def _build(
         cls,
         *,
         ttl: float | dt.timedelta | None,
@@ -384,7 +409,7 @@ class _Options:
             lease_expires_at=now + dt.timedelta(seconds=self.lease),
             after_lease=conf.ONCEONLY_AFTER_LEASE,
             fingerprint=fingerprint,
-            metadata=self.metadata,
+            metadata=self.metadata or {},  # options are reused: a dict of its own
             metadata_json=self.metadata_json,
             task_name=task_name,
             task_id=task_id,

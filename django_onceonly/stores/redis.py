@@ -134,63 +134,72 @@ def _text(raw: bytes | str | bool | None) -> str:
 
 # Positions in FIELDS order, resolved once: record_from_values runs on every duplicate check.
 _AT = {name: FIELDS.index(name) for name in FIELDS}
-_TIMES = tuple((name, FIELDS.index(name)) for name in FIELDS if name in TIME_FIELDS)
+_STATUS, _OWNER, _RESULT, _METADATA, _DUPLICATES = (
+    _AT[name] for name in ("status", "owner_token", "result", "metadata", "duplicates_blocked")
+)
+_TIMES = tuple(_AT[name] for name in FIELDS if name in TIME_FIELDS)
+_TEXT_FIELDS = ("scope", "key", "status", "owner_token", "fingerprint", "error", "task_name")
+_TEXTS = tuple(_AT[name] for name in (*_TEXT_FIELDS, "task_id"))
 # The fields the scripts refuse a record for when they are not integers (as their Lua
 # pattern '^%-?%d+$' does; Python's int() would take " 1" or "1_0").
-_NUMBERS = tuple(FIELDS.index(name) for name in NUMBERS)
+_NUMBERS = tuple(_AT[name] for name in NUMBERS)
 _INTEGER = re.compile(rb"-?[0-9]+")
 _INTEGER_TEXT = re.compile(r"-?[0-9]+")  # a client made with decode_responses=True
-_TEXTS = tuple(
-    (name, FIELDS.index(name))
-    for name in ("scope", "key", "fingerprint", "error", "task_name", "task_id")
-)
+_EMPTY_JSON = (b"{}", "{}")
 
 
 def record_from_values(
-    values: Sequence[bytes | str | bool | None], result: bytes | str | None = None
+    values: Sequence[bytes | str | bool | None],
+    result: bytes | str | None = None,
+    *,
+    aware: bool | None = None,
 ) -> Record:
     """A :class:`Record` from the values of :data:`FIELDS` (``HMGET`` order).
 
     ``values`` come from ``HMGET`` (``None`` for a missing field) or from a script's
-    JSON reply (``False`` for a missing field, the result passed apart). Raises
+    JSON reply (``False`` for a missing field, the result passed apart). ``aware``:
+    whether times come back aware (``settings.USE_TZ`` when not given). Raises
     ``ValueError`` saying what is wrong when the values are not a record (edited by
     hand, say); the store turns that into :class:`~django_onceonly.DamagedRecord`.
     """
     if len(values) != len(FIELDS):
         raise ValueError(f"{len(values)} values for {len(FIELDS)} fields")
-    if values[_AT["result"]]:
-        result = values[_AT["result"]]  # type: ignore[assignment]
-    # Settings are read once, not per field.
-    aware = settings.USE_TZ
+    if aware is None:
+        aware = bool(settings.USE_TZ)
+    # Built in place, in FIELDS order, which is Record's own order: one positional call.
+    out: list[Any] = list(values)
     try:
-        status = _text(values[_AT["status"]])
+        for i in _TEXTS:
+            value = out[i]
+            if value.__class__ is bytes:
+                out[i] = value.decode()
+            elif value is None or value is False or value is True:
+                out[i] = ""
+        status = out[_STATUS]
         if status not in STATUSES:
             raise ValueError(f"status {status[:40]!r} is not a status" if status else "no status")
-        owner_token = _text(values[_AT["owner_token"]])
-        if not owner_token:
+        if not out[_OWNER]:
             raise ValueError("no owner_token")
-        metadata_text = values[_AT["metadata"]]
+        metadata_text = out[_METADATA]
         metadata = (
-            json.loads(metadata_text)  # type: ignore[arg-type]
-            if metadata_text and metadata_text not in (b"{}", "{}")
-            else {}
+            json.loads(metadata_text) if metadata_text and metadata_text not in _EMPTY_JSON else {}
         )
         if not isinstance(metadata, dict):
             raise ValueError("metadata is not a JSON object")
-        fields: dict[str, Any] = {name: _text(values[i]) for name, i in _TEXTS}
-        for name, i in _TIMES:
-            value = values[i]
+        out[_METADATA] = metadata
+        for i in _TIMES:
+            value = out[i]
             if value:
                 moment = _EPOCH + dt.timedelta(0, 0, int(value))
-                fields[name] = moment if aware else moment.replace(tzinfo=None)
-        return Record(
-            status=status,
-            owner_token=owner_token,
-            result=None if result is None else json.loads(result),
-            metadata=metadata,
-            duplicates_blocked=int(values[_AT["duplicates_blocked"]] or 0),
-            **fields,
-        )
+                out[i] = moment if aware else moment.replace(tzinfo=None)
+            else:
+                out[i] = None
+        stored = out[_RESULT] or result
+        if stored.__class__ is bytes:  # json.loads would first guess its encoding
+            stored = stored.decode()
+        out[_RESULT] = None if stored is None else json.loads(stored)
+        out[_DUPLICATES] = int(out[_DUPLICATES] or 0)
+        return Record(*out)
     except (ValueError, TypeError, OverflowError) as exc:
         # JSONDecodeError and UnicodeDecodeError are ValueErrors too.
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc
@@ -429,11 +438,11 @@ class RedisStore(BaseStore):
                 else _INTEGER_TEXT.fullmatch(number)
             ):
                 return None
+        now = request.now
         try:
-            record = record_from_values(values)
+            record = record_from_values(values, aware=now.tzinfo is not None)
         except ValueError:
             return None
-        now = request.now
         if (
             record.owner_token == request.token
             or record.is_expired(now)
