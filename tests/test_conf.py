@@ -59,3 +59,13 @@ def test_assigning_and_deleting_inside_an_override_are_seen(settings: Any) -> No
     assert conf.ONCEONLY_MAX_RESULT_BYTES == default("ONCEONLY_MAX_RESULT_BYTES")
     django_settings.ONCEONLY_MAX_RESULT_BYTES = 20
     assert conf.ONCEONLY_MAX_RESULT_BYTES == 20
+
+
+def test_a_setting_inherited_by_an_override_then_deleted_and_assigned_is_seen() -> None:
+    with override_settings(ONCEONLY_LEASE=5), override_settings(ONCEONLY_TTL=6):
+        assert conf.ONCEONLY_LEASE == 5  # defined under the inner override
+        del django_settings.ONCEONLY_LEASE
+        assert conf.ONCEONLY_LEASE == default("ONCEONLY_LEASE")
+        django_settings.ONCEONLY_LEASE = 8
+        assert conf.ONCEONLY_LEASE == 8
+    assert conf.ONCEONLY_LEASE == default("ONCEONLY_LEASE")
