@@ -205,7 +205,7 @@ def record_from_values(
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every claim of a new key (see Record)
 class RecordKeys:
     """The Redis keys of one record, all in one Cluster hash slot."""
 
