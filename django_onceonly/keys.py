@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import functools
 import hashlib
 import inspect
 import json
@@ -207,9 +208,19 @@ def bind_arguments(
     ``f(1, b=2)`` and ``f(a=1, b=2)`` bind to the same dictionary, so they give one key.
     ``*args`` and ``**kwargs`` parameters keep their names.
     """
-    bound = inspect.signature(func).bind(*args, **kwargs)
+    try:
+        signature = _signature(func)
+    except TypeError:  # an unhashable callable: nothing to cache it by
+        signature = inspect.signature(func)
+    bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)
+
+
+# inspect.signature() reads the function anew on each call (tens of µs), and a task
+# derives its key on every message. A bound method hashes and compares by its function
+# and instance, so ``task.run`` finds its entry though it is a new object each time.
+_signature = functools.lru_cache(maxsize=1024)(inspect.signature)
 
 
 def hash_arguments(arguments: Mapping[str, Any]) -> str:
