@@ -14,9 +14,10 @@ For ``redis`` (``RedisStore`` on ``ONCEONLY_BENCH_REDIS_URL``, default database 
 127.0.0.1:6379, keys under a prefix of this run, deleted at the end) the floors are raw
 redis-py commands on the store's own connection: two ``SET`` round trips (``SET NX``,
 then ``SET`` of the result) for ``claim+complete``, one ``SET NX`` on an existing key for
-the duplicate check. Two more rows show where a duplicate check's time goes: the same
-check through ``RedisStore.claim`` alone (no ``check_lock``), and the claim script's
-``EVALSHA`` alone (no Python of ours).
+the duplicate check. Three more rows show where a duplicate check's time goes: the same
+check through ``RedisStore.claim`` alone (no ``check_lock``), the plain ``HMGET`` it
+sends for a key it has seen taken, alone (no Python of ours), and the claim script's
+``EVALSHA`` alone, which a process that has not seen the key sends instead.
 
 Each figure is the median over ``--rounds`` rounds of ``--n`` operations each, after a
 warm-up. Within a round, floor and ours take turns in batches of ``--batch``, so that
@@ -492,7 +493,7 @@ class FloorRedis:
 
 
 class RedisLayers:
-    """The duplicate check below ``check_lock``: the store alone, and its script alone.
+    """The duplicate check below ``check_lock``: the store alone, its read alone, its script alone.
 
     The script's keys and arguments come from the store (``RedisStore.claim_call``), so
     they cannot drift from what it sends.
@@ -503,7 +504,7 @@ class RedisLayers:
 
         from django_onceonly.stores import RedisStore, get_store
         from django_onceonly.stores.base import ClaimRequest
-        from django_onceonly.stores.redis_scripts import CLAIM
+        from django_onceonly.stores.redis_scripts import CLAIM, FIELDS
 
         self.conn = conn
         store = get_store()
@@ -512,6 +513,8 @@ class RedisLayers:
         self.timezone = timezone
         self.keys = keys
         self.sha = CLAIM.sha
+        self.fields = FIELDS
+        self.records = [store.keys("", key).record for key in keys]
         now = timezone.now()
         self.calls = []
         for key in keys:
@@ -542,6 +545,11 @@ class RedisLayers:
                 )
             )
             assert not outcome.acquired
+
+    def read_only(self, n: int) -> None:
+        conn, fields, records = self.conn, self.fields, self.records
+        for i in range(n):
+            conn.hmget(records[i % DUPLICATE_KEYS], fields)
 
     def script_only(self, n: int) -> None:
         conn, sha, calls = self.conn, self.sha, self.calls
@@ -576,8 +584,10 @@ def redis_subject() -> Subject:
             Operation("claim+complete", floor.claim_complete, ours.claim_complete),
             Operation("duplicate check", floor.duplicate, ours.duplicate),
             # Where the time goes: the same duplicate check without check_lock (the
-            # store's claim), and without the store's Python (the script call alone).
+            # store's claim), and without the store's Python (the read it sends for a key
+            # seen taken, alone; the script a process that has not seen it sends, alone).
             Operation("duplicate: store.claim only", floor.duplicate, layers.store_claim, False),
+            Operation("duplicate: HMGET only", floor.duplicate, layers.read_only, False),
             Operation("duplicate: EVALSHA only", floor.duplicate, layers.script_only, False),
         ],
         teardown=teardown,
