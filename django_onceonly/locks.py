@@ -351,43 +351,38 @@ class _Options:
         metadata: Mapping[str, Any] | None,
         on_error: str,
     ) -> _Options:
-        if ttl is None and lease is None and metadata is None and on_error == "release":
-            # The common call: every option from the settings. The options built from the
-            # settings' values last time are reused while those values stay the same
-            # objects (an identity test: True is not taken for 1).
-            ttl_setting, lease_setting = conf.ONCEONLY_TTL, conf.ONCEONLY_LEASE
-            last = _Options._from_settings
-            if last is not None and last[0] is ttl_setting and last[1] is lease_setting:
-                return last[2]
-            built = cls._build(ttl=ttl, lease=lease, metadata=None, on_error=on_error)
-            _Options._from_settings = (ttl_setting, lease_setting, built)
-            return built
-        return cls._build(ttl=ttl, lease=lease, metadata=metadata, on_error=on_error)
-
-    @classmethod
-    def _build(
-        cls,
-        *,
-        ttl: float | dt.timedelta | None,
-        lease: float | dt.timedelta | None,
-        metadata: Mapping[str, Any] | None,
-        on_error: str,
-    ) -> _Options:
+        # The common call names no option: every one comes from the settings. The options
+        # built from the settings' values last time are reused while those values stay
+        # the same objects (an identity test: True is not taken for 1).
+        from_settings = ttl is None and lease is None and metadata is None
+        ttl_setting, lease_setting = conf.ONCEONLY_TTL, conf.ONCEONLY_LEASE
+        last = _Options._from_settings
+        if (
+            from_settings
+            and on_error == "release"
+            and last is not None
+            and last[0] is ttl_setting
+            and last[1] is lease_setting
+        ):
+            return last[2]
         check_choice("on_error", on_error, ON_ERROR_CHOICES)
         # Spans are checked before anything is written: a ttl the store cannot hold would
         # otherwise fail at complete(), after the work ran, and leave the key claimable.
         ttl_seconds = (
             to_seconds(ttl, "ttl")
             if ttl is not None
-            else optional_seconds(conf.ONCEONLY_TTL, "ONCEONLY_TTL")
+            else optional_seconds(ttl_setting, "ONCEONLY_TTL")
         )
-        lease_seconds = to_seconds(lease if lease is not None else conf.ONCEONLY_LEASE, "lease")
+        lease_seconds = to_seconds(lease if lease is not None else lease_setting, "lease")
         if metadata is not None and not isinstance(metadata, Mapping):
             # dict() would raise TypeError, or turn a string of pairs into a dict.
             raise ValueError(
                 f"metadata must be a JSON-serialisable dict or None, not {type(metadata).__name__}"
             )
-        return cls(ttl_seconds, lease_seconds, dict(metadata or {}), on_error)
+        options = cls(ttl_seconds, lease_seconds, dict(metadata or {}), on_error)
+        if from_settings and on_error == "release":
+            _Options._from_settings = (ttl_setting, lease_setting, options)
+        return options
 
     def request(
         self,
