@@ -106,6 +106,39 @@ def close_connections() -> None:
 request_finished.connect(close_private_connections, dispatch_uid="django_onceonly.close_private")
 
 
+# A cursor kept open on a PostgreSQL connection between calls: see _take_kept_cursor.
+_KEPT_CURSOR = "_onceonly_kept_cursor"
+
+
+def _take_kept_cursor(conn: BaseDatabaseWrapper) -> CursorWrapper | None:
+    """The cursor kept on ``conn``, taken out for one use (put back after it); ``None``
+    when a fresh cursor is to be opened and closed as usual.
+
+    A new psycopg cursor costs more than its opening: its first statement looks up a
+    loader for each column, which made a duplicate check about 60 µs dearer (of about
+    300). psycopg holds no server-side state for a cursor (the whole result is read at
+    once), so one kept between statements is a plain Python object. What
+    ``conn.cursor()`` does on each call still happens here: ``ensure_connection()``
+    (reconnecting after Django closed the connection: CONN_MAX_AGE, an unusable
+    connection; refused inside an event loop), the thread check, and the statements run
+    through Django's ``CursorWrapper`` (its error wrapping, execute_wrapper()s, the
+    broken-transaction check). A cursor from an earlier connection is never reused, and
+    with ``queries_logged`` (DEBUG, assertNumQueries) each call gets Django's logging
+    cursor. Kept on the connection object, the cursor lives and dies with it; taken out
+    while in use, it is never shared, even by nested calls.
+    """
+    if conn.vendor != "postgresql" or conn.queries_logged:
+        # Not elsewhere: an SQLite cursor not read to its end holds its statement, and
+        # a read lock, until it is closed; MySQL was not measured.
+        return None
+    conn.ensure_connection()
+    conn.validate_thread_sharing()
+    kept: CursorWrapper | None = conn.__dict__.pop(_KEPT_CURSOR, None)
+    if kept is None or kept.cursor.connection is not conn.connection or kept.cursor.closed:
+        kept = conn.cursor()
+    return kept
+
+
 def _in_callers_transaction(conn: BaseDatabaseWrapper) -> bool:
     """True when the caller has an atomic block of its own open on ``conn``.
 
@@ -196,8 +229,17 @@ class DatabaseStore(BaseStore):
     @contextmanager
     def _cursor(self, conn: BaseDatabaseWrapper) -> Iterator[CursorWrapper]:
         try:
-            with conn.cursor() as cursor:
-                yield cursor
+            kept = _take_kept_cursor(conn)
+            if kept is None:
+                with conn.cursor() as cursor:
+                    yield cursor
+            else:
+                try:
+                    yield kept
+                except BaseException:
+                    kept.close()  # an error mid-statement: the next call opens a fresh one
+                    raise
+                conn.__dict__[_KEPT_CURSOR] = kept
         except (OperationalError, InterfaceError) as exc:
             # Only these mean the database cannot be reached or cannot serve now. Data
             # and programming errors (a missing migration, say) are bugs: they propagate
