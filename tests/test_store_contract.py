@@ -15,14 +15,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.db import connections
+from django.test import override_settings
 from django.utils import timezone
 
+from django_onceonly import DamagedRecord, check_lock
 from django_onceonly.models import IdempotencyRecord
 from django_onceonly.stores import ClaimRequest, RedisStore, duplicates
 from django_onceonly.stores.audit import sync_audit
 from django_onceonly.stores.base import RECORD_FIELDS
 from django_onceonly.testing.contract import StoreContract, StoreUnderTest
-from tests.conftest import Backend
+from tests.conftest import Backend, backend_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +84,62 @@ def test_every_field_reaches_the_column_of_its_name(backend: Backend) -> None:
     )
     assert (row.created_at, row.updated_at, row.last_duplicate_at) == (t0, at[2], at[1])
     assert (row.lease_expires_at, row.duplicates_blocked) == (at[4], 1)
+
+
+def _refresh_time_zone(alias: str) -> None:
+    # What Django's own setting_changed receiver does for TIME_ZONE and USE_TZ.
+    conn = connections[alias]
+    for name in ("timezone", "timezone_name"):
+        conn.__dict__.pop(name, None)
+    conn.ensure_timezone()
+
+
+@pytest.mark.parametrize("backend", backend_params("sqlite", "postgres", "mariadb"), indirect=True)
+@pytest.mark.parametrize(
+    ("use_tz", "time_zone", "connection_time_zone"),
+    [(True, "UTC", None), (True, "UTC", "Asia/Kolkata"), (False, "America/Chicago", None)],
+    ids=["utc", "connection-time-zone", "no-use-tz"],
+)
+def test_the_store_reads_times_as_the_model_reads_them(
+    backend: Backend, use_tz: bool, time_zone: str, connection_time_zone: str | None
+) -> None:
+    # DatabaseStore reads the times itself (as text on PostgreSQL): in every time zone
+    # setting they must be the very datetimes the ORM returns, tzinfo included.
+    check_lock("clock", lease=600).complete("done")
+    conn = connections[backend.alias]
+    saved = conn.settings_dict.get("TIME_ZONE")
+    try:
+        with override_settings(USE_TZ=use_tz, TIME_ZONE=time_zone):
+            conn.settings_dict["TIME_ZONE"] = connection_time_zone
+            _refresh_time_zone(backend.alias)
+            row = IdempotencyRecord.objects.using(backend.alias).get(key="clock")
+            record = backend.store.get("", "clock")
+            times = ("created_at", "updated_at", "completed_at", "expires_at")
+            assert record is not None
+            assert [getattr(record, name) for name in times] == [
+                getattr(row, name) for name in times
+            ]
+            assert [getattr(record, name).tzinfo for name in times] == [
+                getattr(row, name).tzinfo for name in times
+            ]
+            assert record.lease_expires_at is None
+    finally:
+        conn.settings_dict["TIME_ZONE"] = saved
+        _refresh_time_zone(backend.alias)
+
+
+@pytest.mark.parametrize("backend", backend_params("postgres"), indirect=True)
+def test_a_time_python_cannot_hold_is_a_damaged_record(backend: Backend) -> None:
+    # 'infinity' fits a timestamptz column but no datetime: the key stays blocked.
+    check_lock("forever", lease=600).complete("done")
+    with connections[backend.alias].cursor() as cursor:
+        cursor.execute(
+            "UPDATE django_onceonly_idempotencyrecord SET expires_at = 'infinity' WHERE key = %s",
+            ["forever"],
+        )
+
+    with pytest.raises(DamagedRecord, match="cannot read datetime 'infinity'"):
+        check_lock("forever")
 
 
 def test_the_package_imports_pytest_only_with_its_testing_suites() -> None:

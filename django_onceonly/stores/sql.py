@@ -16,12 +16,18 @@ from typing import Any
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from ..rules import Status
-from .base import RECORD_FIELDS
+from .base import RECORD_FIELDS, TIME_FIELDS
 
 # Statements name every column and every parameter; nothing depends on the order of
 # Record's fields (a test writes a distinct value into each and reads them back).
 COLUMNS = RECORD_FIELDS
 JSON_COLUMNS = frozenset({"result", "metadata"})
+# Columns PostgreSQL returns as text (``::text``), which DatabaseStore._record parses.
+# Django's timestamptz loader is pure Python and is built afresh for each column of each
+# new cursor: the six times read as text, and parsed by datetime.fromisoformat, made a
+# duplicate check 6 to 8% cheaper (25 to 40 µs of 430 to 470 on a shared VM). jsonb
+# comes as text through Django anyway; the cast says so here too.
+TEXT_ON_POSTGRESQL = JSON_COLUMNS | TIME_FIELDS
 
 # A JSON number token (outside strings) that carries an exponent: jsonb stores numbers as
 # PostgreSQL numeric, which prints 1e308 back as 1 followed by 308 zeros, a Python int.
@@ -109,7 +115,7 @@ class Statements:
             return f"CAST(%({name})s AS jsonb)" if vendor == "postgresql" else f"%({name})s"
 
         def read(name: str) -> str:
-            if name in JSON_COLUMNS and vendor == "postgresql":
+            if name in TEXT_ON_POSTGRESQL and vendor == "postgresql":
                 return f"{c[name]}::text"
             return c[name]
 
