@@ -74,6 +74,34 @@ def test_a_connection_the_server_dropped_is_replaced(backend: Backend) -> None:
     assert lock.result == "r"
 
 
+def test_with_conn_health_checks_a_dropped_connection_is_replaced_before_the_claim(
+    backend: Backend,
+) -> None:
+    # CONN_HEALTH_CHECKS: Django checks a persistent connection at its first use in each
+    # request, and reconnects rather than fail. The kept cursor must not skip that.
+    check_lock("k").complete("r")
+    assert check_lock("k").duplicate
+    conn = connections[backend.alias]
+    pid = conn.connection.info.backend_pid
+    other = connections.create_connection(backend.alias)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    conn.health_check_enabled = True
+    conn.health_check_done = False  # a new request, as request_started leaves it
+
+    try:
+        lock = check_lock("k")
+    finally:
+        conn.health_check_enabled = False
+
+    assert lock.duplicate
+    assert lock.result == "r"
+    assert conn.connection.info.backend_pid != pid
+
+
 def test_execute_wrappers_see_the_statements_of_the_kept_cursor(backend: Backend) -> None:
     check_lock("k").complete("r")
     assert check_lock("k").duplicate

@@ -118,7 +118,8 @@ def _take_kept_cursor(conn: BaseDatabaseWrapper) -> CursorWrapper | None:
     loader for each column. Keeping one made a duplicate check another 6 to 9% cheaper
     (25 to 40 µs on a shared VM). psycopg holds no server-side state for a cursor (the
     whole result is read at once), so one kept between statements is a plain Python
-    object. What ``conn.cursor()`` does on each call still happens here:
+    object. What ``conn.cursor()`` does on each call still happens here: the health
+    check of ``CONN_HEALTH_CHECKS`` (once per request, as Django does it),
     ``ensure_connection()`` (reconnecting after Django closed the connection:
     CONN_MAX_AGE, an unusable connection; refused inside an event loop), the thread
     check, and the statements run through Django's ``CursorWrapper`` (its error
@@ -132,6 +133,7 @@ def _take_kept_cursor(conn: BaseDatabaseWrapper) -> CursorWrapper | None:
         # Not elsewhere: an SQLite cursor not read to its end holds its statement, and
         # a read lock, until it is closed; MySQL was not measured.
         return None
+    conn.close_if_health_check_failed()  # CONN_HEALTH_CHECKS: once per request
     conn.ensure_connection()
     conn.validate_thread_sharing()
     kept: CursorWrapper | None = conn.__dict__.pop(_KEPT_CURSOR, None)
