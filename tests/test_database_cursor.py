@@ -26,6 +26,20 @@ def kept_cursor(backend: Backend) -> Any:
     return connections[backend.alias].__dict__.get(_KEPT_CURSOR)
 
 
+def drop_connection_under_a_kept_cursor(backend: Backend) -> int:
+    """Leave a kept cursor on the connection, then have the server end its session."""
+    check_lock("k").complete("r")
+    assert check_lock("k").duplicate
+    pid: int = connections[backend.alias].connection.info.backend_pid
+    other = connections.create_connection(backend.alias)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    return pid
+
+
 def test_duplicate_checks_share_one_cursor(backend: Backend) -> None:
     check_lock("k").complete("r")
     assert check_lock("k").duplicate
@@ -54,16 +68,7 @@ def test_a_connection_django_closed_is_replaced_with_its_cursor(backend: Backend
 
 
 def test_a_connection_the_server_dropped_is_replaced(backend: Backend) -> None:
-    check_lock("k").complete("r")
-    assert check_lock("k").duplicate
-    conn = connections[backend.alias]
-    pid = conn.connection.info.backend_pid
-    other = connections.create_connection(backend.alias)
-    try:
-        with other.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-    finally:
-        other.close()
+    drop_connection_under_a_kept_cursor(backend)
 
     with pytest.raises(StoreUnavailable, match="is unavailable"):
         check_lock("k")
@@ -79,16 +84,8 @@ def test_with_conn_health_checks_a_dropped_connection_is_replaced_before_the_cla
 ) -> None:
     # CONN_HEALTH_CHECKS: Django checks a persistent connection at its first use in each
     # request, and reconnects rather than fail. The kept cursor must not skip that.
-    check_lock("k").complete("r")
-    assert check_lock("k").duplicate
+    pid = drop_connection_under_a_kept_cursor(backend)
     conn = connections[backend.alias]
-    pid = conn.connection.info.backend_pid
-    other = connections.create_connection(backend.alias)
-    try:
-        with other.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
-    finally:
-        other.close()
     conn.health_check_enabled = True
     conn.health_check_done = False  # a new request, as request_started leaves it
 
