@@ -137,9 +137,9 @@ class TakenKeys:
     """The ``(scope, key)`` pairs this process most recently found taken, at most ``size``.
 
     A store reads such a key before it tries to claim it, since duplicates come in storms
-    on the same keys (``DatabaseStore._claim_on``). It only decides
-    what a claim sends first, never its answer: a stale entry costs one extra round
-    trip, nothing else.
+    on the same keys (``DatabaseStore._claim_on``, ``RedisStore._claim``). It only
+    decides what a claim sends first, never its answer: a stale entry costs one extra
+    round trip, nothing else.
     """
 
     def __init__(self, size: int = 10_000) -> None:
