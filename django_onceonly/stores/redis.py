@@ -138,8 +138,11 @@ _STATUS, _OWNER, _RESULT, _METADATA, _DUPLICATES = (
     _AT[name] for name in ("status", "owner_token", "result", "metadata", "duplicates_blocked")
 )
 _TIMES = tuple(_AT[name] for name in FIELDS if name in TIME_FIELDS)
-_TEXT_FIELDS = ("scope", "key", "status", "owner_token", "fingerprint", "error", "task_name")
-_TEXTS = tuple(_AT[name] for name in (*_TEXT_FIELDS, "task_id"))
+_TEXTS = tuple(
+    _AT[name]
+    for name in FIELDS
+    if name not in TIME_FIELDS and name not in ("result", "metadata", "duplicates_blocked")
+)
 # The fields the scripts refuse a record for when they are not integers (as their Lua
 # pattern '^%-?%d+$' does; Python's int() would take " 1" or "1_0").
 _NUMBERS = tuple(_AT[name] for name in NUMBERS)
@@ -428,7 +431,7 @@ class RedisStore(BaseStore):
             if str(exc).startswith(UNAVAILABLE_REPLIES):
                 raise _unavailable(self.alias, exc) from exc
             return None  # WRONGTYPE: the claim script says what is wrong
-        if values[_AT["status"]] is None:
+        if values[_STATUS] is None:
             return None
         for i in _NUMBERS:
             number = values[i]
