@@ -26,6 +26,12 @@ figure is the median over the rounds, and the ratios' line also gives the median
 the per-round ratios (each round's kinds ran within seconds of each other).
 The worker's database connection is persistent (``CONN_MAX_AGE=None``), as it should be
 in any worker that uses the database on every task.
+
+``--eager`` measures the same kinds without a worker or broker: this process runs each
+task with ``Task.apply`` (Celery's own tracing, in process), the kinds in turns as above,
+and prints the client CPU per task (``time.process_time``) beside the wall time. That
+is the cost per task in the worker's own process, steadier than throughput on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -253,6 +259,71 @@ def measure(kind: str, n: int, hostname: str, client: Any, completed_run: str) -
     return n / elapsed
 
 
+def drop_scratch(connection: Any, old_name: str, store: str) -> None:
+    """Drop the scratch database, and the store's Redis records of this run."""
+    import redis
+
+    from django_onceonly.stores import duplicates
+
+    duplicates.flush()  # counts an eager run's duplicates left buffered, while the table is there
+    connection.creation.destroy_test_db(old_name, verbosity=0)
+    if store == "redis":
+        records = redis.Redis.from_url(REDIS_STORE)
+        prefix = settings.CACHES["onceonly"]["KEY_PREFIX"]
+        for name in records.scan_iter(match=f"{prefix}:*", count=1000):
+            records.unlink(name)
+
+
+def measure_eager(kind: str, n: int, completed_run: str) -> tuple[float, float]:
+    """Client CPU and wall µs per task for ``n`` tasks of ``kind`` run here by ``apply``."""
+    run = completed_run if kind == "duplicate" else uuid.uuid4().hex[:12]
+    task: Any = {"plain": noop, "durable": durable_noop}.get(kind, once_noop)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for i in range(n):
+        task.apply((run, i))
+    return (time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6
+
+
+def run_eager(args: argparse.Namespace) -> int:
+    """``--eager``: every kind in this process, in turns; client CPU and wall per task."""
+    # This process is the worker now: its store and the durable task's must be the one
+    # asked for, and the postrun counter (a Redis INCR per task) is left out.
+    os.environ["ONCEONLY_BENCH_STORE"] = args.store
+    settings.ONCEONLY_STORE = STORES[args.store]
+    signals.task_postrun.disconnect(_count)
+    kinds = ["plain", "durable", "once", "duplicate"]
+    figures: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    completed = uuid.uuid4().hex[:12]
+    for kind in kinds:  # warm-up, and the completed intents "duplicate" asks for again
+        measure_eager(kind if kind != "duplicate" else "once", args.n, completed)
+    for round_no in range(args.rounds):
+        start = round_no % len(kinds)
+        for kind in kinds[start:] + kinds[:start]:
+            figures[kind].append(measure_eager(kind, args.n, completed))
+    cpu = {kind: statistics.median(c for c, _ in values) for kind, values in figures.items()}
+    wall = {kind: statistics.median(w for _, w in values) for kind, values in figures.items()}
+    print(
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, Celery {__import__('celery').__version__}, "
+        f"store {STORES[args.store].rsplit('.', 1)[-1]}"
+        f"{' on PostgreSQL' if args.store == 'database' else ''}; eager (Task.apply in "
+        f"this process); n={args.n}, median of {args.rounds} rounds"
+    )
+    print()
+    print(f"{'kind':<12}{'CPU µs/task':>13}{'x durable':>11}{'wall µs/task':>14}{'x durable':>11}")
+    for kind in kinds:
+        print(
+            f"{kind:<12}{cpu[kind]:>13.0f}{cpu[kind] / cpu['durable']:>11.2f}"
+            f"{wall[kind]:>14.0f}{wall[kind] / wall['durable']:>11.2f}"
+        )
+    print()
+    print(
+        f"OnceTask (new intents): {cpu['once'] - cpu['durable']:.0f} µs of client CPU per "
+        f"task more than the hand-written durable task ({cpu['once'] / cpu['durable']:.2f}x)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="tasks per kind per round")
@@ -268,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         "of the cost when commits do not wait for the disk (NOT a safe setting for records)",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 below the target")
+    parser.add_argument(
+        "--eager",
+        action="store_true",
+        help="no worker: run the tasks in this process (Task.apply) and print the client "
+        "CPU per task",
+    )
     args = parser.parse_args(argv)
 
     import redis
@@ -284,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
             cursor.execute(
                 f"ALTER DATABASE {connection.ops.quote_name(db_name)} SET synchronous_commit = off"
             )
+    if args.eager:
+        try:
+            return run_eager(args)
+        finally:
+            drop_scratch(connection, old_name, args.store)
     hostname = f"bench-{uuid.uuid4().hex[:8]}@127.0.0.1"
     idle = f"onceonly-bench-idle-{uuid.uuid4().hex[:8]}"
     log = os.path.join("/tmp", f"onceonly-bench-tasks-{os.getpid()}.log")
@@ -317,12 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         for pattern in ("onceonly-bench-*", "_kombu.binding*.onceonly-bench-*"):
             for name in client.scan_iter(match=pattern, count=1000):
                 client.unlink(name)
-        connection.creation.destroy_test_db(old_name, verbosity=0)
-        if args.store == "redis":
-            records = redis.Redis.from_url(REDIS_STORE)
-            prefix = settings.CACHES["onceonly"]["KEY_PREFIX"]
-            for name in records.scan_iter(match=f"{prefix}:*", count=1000):
-                records.unlink(name)
+        drop_scratch(connection, old_name, args.store)
 
     median = {kind: statistics.median(values) for kind, values in figures.items()}
     print(

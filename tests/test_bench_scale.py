@@ -164,3 +164,30 @@ def test_tasks_bench_compares_oncetask_with_the_hand_written_durable_task(store:
         r"\(median of the rounds. ratios \d+\.\d\d\): (meets|MISSES)",
         done.stdout,
     )
+
+
+@pytest.mark.services("postgres", "redis")
+@pytest.mark.parametrize("store", ["database", "redis"])
+def test_tasks_bench_eager_gives_the_client_cpu_per_task_and_drops_its_database(
+    store: str,
+) -> None:
+    db = f"{PREFIX}_tasks_eager"
+    done = run("tasks.py", "--eager", "--n", "20", "--rounds", "1", "--store", store, db=db)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    kinds = {
+        line.split()[0]: line.split()
+        for line in done.stdout.splitlines()
+        if line.split()[:1] and line.split()[0] in ("plain", "durable", "once", "duplicate")
+    }
+    assert set(kinds) == {"plain", "durable", "once", "duplicate"}
+    assert kinds["durable"][2] == "1.00"  # its own floor, CPU
+    assert kinds["durable"][4] == "1.00"  # and wall
+    assert re.search(
+        r"OnceTask \(new intents\): -?\d+ µs of client CPU per task more than the "
+        r"hand-written durable task \(\d+\.\d\dx\)",
+        done.stdout,
+    )
+    # Nothing left behind, and no duplicate count written to a dropped table.
+    assert "could not write duplicate counts" not in done.stderr
+    assert pg_databases(f"{db}%") == []
