@@ -66,6 +66,15 @@ def table_rows(printed: str) -> list[list[str]]:
     ]
 
 
+def kind_rows(printed: str) -> dict[str, list[str]]:
+    """The cells of each row of bench/tasks.py's table, by the task kind that starts it."""
+    return {
+        line.split()[0]: line.split()
+        for line in printed.splitlines()
+        if line.split()[:1] and line.split()[0] in ("plain", "durable", "once", "duplicate")
+    }
+
+
 def pg_databases(like: str) -> list[str]:
     import psycopg
 
@@ -152,11 +161,7 @@ def test_tasks_bench_compares_oncetask_with_the_hand_written_durable_task(store:
     done = run("tasks.py", "--n", "30", "--rounds", "1", "--store", store, db=f"{PREFIX}_tasks")
 
     assert done.returncode == 0, done.stdout + done.stderr
-    kinds = {
-        line.split()[0]: line.split()
-        for line in done.stdout.splitlines()
-        if line.split()[:1] and line.split()[0] in ("plain", "durable", "once", "duplicate")
-    }
+    kinds = kind_rows(done.stdout)
     assert set(kinds) == {"plain", "durable", "once", "duplicate"}
     assert kinds["durable"][3] == "1.00"  # its own floor
     assert re.search(
@@ -175,11 +180,7 @@ def test_tasks_bench_eager_gives_the_client_cpu_per_task_and_drops_its_database(
     done = run("tasks.py", "--eager", "--n", "20", "--rounds", "1", "--store", store, db=db)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    kinds = {
-        line.split()[0]: line.split()
-        for line in done.stdout.splitlines()
-        if line.split()[:1] and line.split()[0] in ("plain", "durable", "once", "duplicate")
-    }
+    kinds = kind_rows(done.stdout)
     assert set(kinds) == {"plain", "durable", "once", "duplicate"}
     assert kinds["durable"][2] == "1.00"  # its own floor, CPU
     assert kinds["durable"][4] == "1.00"  # and wall
