@@ -526,6 +526,40 @@ class RedisStore(BaseStore):
             return ClaimResult(acquired=True, record=record, lease_expired=outcome == "reclaimed")
         return ClaimResult(acquired=False, record=record, lease_expired=outcome == "held")
 
+    def finish_call(
+        self,
+        scope: str,
+        key: str,
+        token: str,
+        *,
+        status: str,
+        result_json: str | None,
+        error: str,
+        now: dt.datetime,
+        expires_at: dt.datetime | None,
+    ) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of the finish script (``FINISH``) for one outcome."""
+        now_us = to_micros(now)
+        expires_us: int | str = ""
+        keep_ms = ""
+        if expires_at is not None:
+            expires_us = to_micros(expires_at)
+            grace = AUDIT_GRACE_MS if self.audit else 0
+            keep_ms = str(max(1, math.ceil((expires_us - now_us) / 1000)) + grace)
+        keys = self.keys(scope, key)
+        args: list[str | int] = [
+            keys.member,
+            token,
+            status,
+            result_json or "",
+            "0" if result_json is None else "1",
+            error,
+            now_us,
+            expires_us,
+            keep_ms,
+        ]
+        return self._script_keys(keys), args
+
     def _finish(
         self,
         scope: str,
@@ -539,29 +573,17 @@ class RedisStore(BaseStore):
         expires_at: dt.datetime | None,
         transactional: bool,
     ) -> bool:
-        now_us = to_micros(now)
-        expires_us: int | str = ""
-        keep_ms = ""
-        if expires_at is not None:
-            expires_us = to_micros(expires_at)
-            grace = AUDIT_GRACE_MS if self.audit else 0
-            keep_ms = str(max(1, math.ceil((expires_us - now_us) / 1000)) + grace)
-        done = self._run(
-            FINISH,
+        script_keys, args = self.finish_call(
             scope,
             key,
-            [
-                token,
-                status,
-                result_json or "",
-                "0" if result_json is None else "1",
-                error,
-                now_us,
-                expires_us,
-                keep_ms,
-            ],
+            token,
+            status=status,
+            result_json=result_json,
+            error=error,
+            now=now,
+            expires_at=expires_at,
         )
-        return int(done) == 1
+        return int(self._call(FINISH, scope, key, script_keys, args)) == 1
 
     def _release(self, scope: str, key: str, token: str, *, transactional: bool) -> bool:
         return int(self._run(RELEASE, scope, key, [token])) == 1
