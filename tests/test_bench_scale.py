@@ -192,3 +192,46 @@ def test_tasks_bench_eager_gives_the_client_cpu_per_task_and_drops_its_database(
     # Nothing left behind, and no duplicate count written to a dropped table.
     assert "could not write duplicate counts" not in done.stderr
     assert pg_databases(f"{db}%") == []
+
+
+PATHS = [
+    "floor: SET NX + SET",
+    "RedisStore's scripts alone",
+    "string record, MULTI + mark",
+    "string record, no audit",
+    "ours: check_lock + complete",
+]
+
+
+def spinners() -> list[str]:
+    """The processes bench/redis_paths.py --busy starts, by their command line."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"os.nice(19)" in command and b"while True: pass" in command:
+            found.append(proc.name)
+    return found
+
+
+def test_redis_paths_measures_each_design_and_stops_its_server_and_spinner() -> None:
+    import socket
+
+    done = run("redis_paths.py", "--n", "20", "--rounds", "1", "--busy")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = table_rows(done.stdout)
+    assert [row[0] for row in rows] == PATHS
+    assert rows[0][2] == "-"  # the floor is its own floor
+    assert all(re.fullmatch(r"\d+\.\d\d", row[2]) for row in rows[1:])
+    port = re.search(r"\(own, port (\d+)\)", done.stdout)
+    assert port is not None
+    assert "a busy core beside" in done.stdout
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", int(port.group(1))), timeout=2),
+    ):
+        pass
+    assert spinners() == []
