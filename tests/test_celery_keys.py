@@ -114,6 +114,45 @@ def strict(self: OnceTask, n: int) -> int:
     return n
 
 
+def order_key(order_id: int) -> str:
+    return f"order-{order_id}"
+
+
+class BillingTask(OnceTask):
+    """Options as class attributes of a base: a plain function, inherited by its tasks."""
+
+    once_scope = "billing"
+    once_key = order_key  # a function in a class body: must not be bound to the task
+
+
+class RefundTask(BillingTask):
+    @staticmethod
+    def once_key(order_id: int) -> str:
+        return f"refund-{order_id}"
+
+
+@app.task(base=BillingTask, shared=False, name="eager.billed")
+def billed(order_id: int) -> list[str]:
+    runs.append(("billed", order_id))
+    return [billed.once.scope, billed.once.key]
+
+
+@app.task(base=RefundTask, shared=False, name="eager.refunded")
+def refunded(order_id: int) -> list[str]:
+    runs.append(("refunded", order_id))
+    return [refunded.once.scope, refunded.once.key]
+
+
+def test_options_of_a_base_class_reach_its_tasks_unbound_and_a_subclass_overrides_them(
+    backend: Backend,
+) -> None:
+    assert billed.apply((5,)).get() == ["billing", "order-5"]
+    assert refunded.apply((5,)).get() == ["billing", "refund-5"]
+    assert billed.apply((5,)).get() == ["billing", "order-5"]  # the stored result
+    assert run_count("billed") == 1
+    assert run_count("refunded") == 1
+
+
 def test_positional_keyword_and_default_arguments_give_one_key(backend: Backend) -> None:
     keys = {
         welcome.apply((7,)).get(),
