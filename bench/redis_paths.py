@@ -38,7 +38,6 @@ import secrets
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import redis
 
+from bench.busy import busy_core
 from bench.redis_audit import RESULT, configure, new_key, start_redis
 
 TTL = 86_400
@@ -239,16 +239,12 @@ def main() -> int:
     args = parser.parse_args()
     directory = tempfile.mkdtemp(prefix="onceonly-bench-paths-")
     process, port = start_redis(directory)
-    spinner = None
     try:
         configure(port, ["sqlite"], directory)
         client = redis.Redis(port=port)
-        if args.busy:
-            spinner = subprocess.Popen(
-                [sys.executable, "-c", "import os\nos.nice(19)\nwhile True: pass"]
-            )
         load = os.getloadavg()
-        figures = measure(client, Paths(client).rows(), args.n, args.rounds)
+        with busy_core(args.busy):
+            figures = measure(client, Paths(client).rows(), args.n, args.rounds)
         parser_name = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure Python"
         print(
             f"redis-server {client.info('server')['redis_version']} (own, port {port}), "
@@ -258,9 +254,6 @@ def main() -> int:
         )
         print("\n".join(table(figures)))
     finally:
-        if spinner is not None:
-            spinner.send_signal(signal.SIGTERM)
-            spinner.wait()
         process.send_signal(signal.SIGTERM)
         process.wait()
         shutil.rmtree(directory, ignore_errors=True)
