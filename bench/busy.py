@@ -1,11 +1,16 @@
-"""``busy_core()``: a spinning process at the lowest priority, for ``--busy`` runs.
+"""``busy_core()``: a spinning process at the lowest priority, for ``redis_paths.py --busy``.
 
 On a virtual machine whose idle cores sleep, a loopback round trip also pays for waking
-one up. On the 2-core VM of ``docs/performance.md`` a raw ``SET`` took 100 to 120 µs
-with the machine otherwise idle and about 30 µs with this spinner beside it. That
-wake-up is the same for every row, so it shrinks every ratio to its floor and hides
-what the client and the server themselves spend. The spinner runs at ``nice 19``:
-anything else that wants the core, Redis and PostgreSQL included, gets it first.
+one up. In a loop of Redis commands alone, on the 2-core VM of ``docs/performance.md``,
+a raw ``SET NX`` + ``SET`` pair took about 235 µs with the machine otherwise idle and
+about 67 µs with this spinner beside it; Redis's own CPU per pair went from 56 to 11 µs.
+That wake-up is the same for every row, so it shrinks every ratio to its floor and
+hides what the client and the server themselves spend. The spinner runs at ``nice 19``:
+anything else that wants the core gets it first.
+
+``compare.py`` does not need it: its PostgreSQL rows, interleaved with the Redis ones,
+keep the cores awake (a raw ``SET NX`` took 43 µs there in the same hour). With the
+spinner there as well, every row of it ran slower.
 """
 
 from __future__ import annotations

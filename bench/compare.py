@@ -72,8 +72,6 @@ sys.path.insert(0, str(ROOT))
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from bench.busy import busy_core  # noqa: E402
-
 RESULT = {"message_id": "bench-0001", "accepted": True}
 DUPLICATE_KEYS = 100  # existing keys a duplicate row cycles through
 TTL = 86_400  # seconds a finished record blocks duplicates, on every side
@@ -1216,12 +1214,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--db-name", default=f"onceonly_compare_{RUN}", help="scratch PostgreSQL database"
     )
-    parser.add_argument(
-        "--busy",
-        action="store_true",
-        help="keep a spinning process at the lowest priority (bench/busy.py): "
-        "round trips without the wake-up of an idle core",
-    )
     # Not docs/images by default: a smoke run must never replace the published figures.
     parser.add_argument(
         "--json", type=Path, default=OUTPUT / "compare.json", help="figures as JSON"
@@ -1264,13 +1256,11 @@ def main(argv: list[str] | None = None) -> int:
     with scratch_database() if needs_pg else _nothing() as connection:
         try:
             rows, notes = build_rows(args.only_set, connection)
-            with busy_core(args.busy):
-                measure(rows, args.n, args.rounds, args.batch)
+            measure(rows, args.n, args.rounds, args.batch)
             env = environment(connection) | {
                 "rounds": args.rounds,
                 "started": started,
                 "load_average_before": load_before,
-                "busy_core": args.busy,
                 "redis_url": REDIS_URL,
                 "redis_prefix": PREFIX,
                 "scratch_database": args.db_name if connection is not None else None,
@@ -1281,7 +1271,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{started} to {env['when']}, {env['cores']} cores, load average (1, 5, 15 min) "
         f"{load_before} before, {env['load_average_after']} after; Python {env['python']}; "
         f"n={args.n}, batch={args.batch}, median of {args.rounds} rounds"
-        f"{', a busy core beside (--busy)' if args.busy else ''}"
     )
     print("  " + ", ".join(f"{k} {v}" for k, v in env["servers"].items()))
     print("  " + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v))

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from tests.services import SERVICES
-from tests.test_bench_scale import spinners
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "compare.py"
@@ -78,7 +77,7 @@ def assert_cleaned_up(figures: dict[str, Any]) -> None:
 
 
 def test_compare_without_peers_prints_its_table_and_writes_its_json(tmp_path: Path) -> None:
-    printed, figures = run_compare(tmp_path, "--only", "ours,floors,schema", "--busy")
+    printed, figures = run_compare(tmp_path, "--only", "ours,floors,schema")
 
     rows = {row["name"]: row for row in figures["rows"]}
     assert {row["category"] for row in rows.values()} == {"ours", "floors", "schema"}
@@ -94,9 +93,6 @@ def test_compare_without_peers_prints_its_table_and_writes_its_json(tmp_path: Pa
     assert rows["ours RedisStore: check_lock + complete"]["floor"] == "floor: Redis SET NX + SET"
     assert set(figures["schema_indexes"]) == INDEXES
     assert "| index dropped from the full table |" in printed
-    assert figures["environment"]["busy_core"] is True
-    assert "a busy core beside (--busy)" in printed
-    assert spinners() == []
     if importlib.util.find_spec("matplotlib") is None:
         assert "chart: skipped (matplotlib is not installed" in printed
     else:
