@@ -20,7 +20,10 @@ operation: claim a new key, then store its result. The rows take turns in batche
 
 Columns: wall µs per operation, this process's CPU µs per operation (the client: our
 Python and redis-py's), and Redis's CPU µs per operation (``INFO cpu`` of the server,
-each row run alone after the rounds). ``--busy`` runs a spinning process at the lowest
+each row run alone after the rounds). A second table gives what Redis spends on one
+call of each kind, from its ``SLOWLOG`` (threshold 0, one call at a time, medians in
+whole microseconds): a plain ``SET``, a script that only returns, a script whose only
+command is ``SET NX``, and ``RedisStore``'s claim (a new key) and finish scripts. ``--busy`` runs a spinning process at the lowest
 priority for the whole run: on a virtual machine whose idle cores sleep, every round
 trip otherwise also pays for waking them, which hides what the client and the server
 themselves spend.
@@ -42,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -169,6 +173,69 @@ class Paths:
             lock.complete(RESULT)
 
 
+def call_costs(client: redis.Redis, paths: Paths, n: int) -> dict[str, float]:
+    """Redis's own µs for one call of each kind: the median of ``n`` SLOWLOG durations."""
+    from django_onceonly.stores.base import ClaimRequest
+
+    empty = client.script_load("return 1")
+    set_nx = client.script_load("return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', 300000)")
+    store = paths.store
+    durations: dict[str, list[int]] = {
+        "SET NX (plain command)": [],
+        "a script that only returns 1": [],
+        "a script whose only command is SET NX": [],
+        "RedisStore's claim script, a new key": [],
+        "RedisStore's finish script": [],
+    }
+    names = list(durations)
+    client.config_set("slowlog-max-len", 128)
+    client.config_set("slowlog-log-slower-than", 0)
+
+    def timed(name: str, *command: Any) -> Any:
+        client.slowlog_reset()
+        reply = client.execute_command(*command)
+        verb = str(command[0]).encode()
+        # A script's own commands are logged too, under their own names: one entry is
+        # the call itself.
+        entries = [e for e in client.slowlog_get(128) if e["command"].split(b" ")[0] == verb]
+        assert len(entries) == 1, entries
+        durations[name].append(entries[0]["duration"])
+        return reply
+
+    try:
+        for _ in range(n):
+            key = new_key()
+            timed(names[0], "SET", key, "token", "NX", "PX", 300_000)
+            timed(names[1], "EVALSHA", empty, 0)
+            timed(names[2], "EVALSHA", set_nx, 1, f"{key}:s", "token")
+            now = dt.datetime.now(dt.UTC)
+            token = secrets.token_hex(16)
+            request = ClaimRequest(
+                scope="",
+                key=key,
+                token=token,
+                now=now,
+                lease_expires_at=now + dt.timedelta(seconds=LEASE),
+                after_lease="reclaim",
+            )
+            keys, args = store.claim_call(request)
+            timed(names[3], "EVALSHA", paths.claim.sha, len(keys), *keys, *args)
+            keys, args = store.finish_call(
+                "",
+                key,
+                token,
+                status="completed",
+                result_json=RESULT_JSON,
+                error="",
+                now=now,
+                expires_at=now + dt.timedelta(seconds=TTL),
+            )
+            assert timed(names[4], "EVALSHA", paths.finish.sha, len(keys), *keys, *args) == 1
+    finally:
+        client.config_set("slowlog-log-slower-than", 10_000)
+    return {name: statistics.median(values) for name, values in durations.items()}
+
+
 def server_cpu(client: redis.Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -243,8 +310,10 @@ def main() -> int:
         configure(port, ["sqlite"], directory)
         client = redis.Redis(port=port)
         load = os.getloadavg()
+        paths = Paths(client)
         with busy_core(args.busy):
-            figures = measure(client, Paths(client).rows(), args.n, args.rounds)
+            figures = measure(client, paths.rows(), args.n, args.rounds)
+            costs = call_costs(client, paths, args.n)
         parser_name = "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure Python"
         print(
             f"redis-server {client.info('server')['redis_version']} (own, port {port}), "
@@ -253,6 +322,10 @@ def main() -> int:
             f"{load[0]:.2f} before; n={args.n}, median of {args.rounds} rounds\n"
         )
         print("\n".join(table(figures)))
+        print(f"\n| operation (one call): Redis's own time, SLOWLOG median of {args.n} | µs |")
+        print("|---|---:|")
+        for name, micros in costs.items():
+            print(f"| {name} | {micros:g} |")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait()
