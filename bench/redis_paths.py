@@ -98,6 +98,34 @@ class Paths:
             "ours: check_lock + complete": self.ours,
         }
 
+    def script_calls(
+        self, key: str
+    ) -> tuple[tuple[list[str], list[Any]], tuple[list[str], list[Any]]]:
+        """The keys and arguments ``RedisStore`` builds for the claim of ``key`` and its finish."""
+        from django_onceonly.stores.base import ClaimRequest
+
+        now = dt.datetime.now(dt.UTC)
+        token = secrets.token_hex(16)
+        request = ClaimRequest(
+            scope="",
+            key=key,
+            token=token,
+            now=now,
+            lease_expires_at=now + dt.timedelta(seconds=LEASE),
+            after_lease="reclaim",
+        )
+        finish = self.store.finish_call(
+            "",
+            key,
+            token,
+            status="completed",
+            result_json=RESULT_JSON,
+            error="",
+            now=now,
+            expires_at=now + dt.timedelta(seconds=TTL),
+        )
+        return self.store.claim_call(request), finish
+
     def floor(self, n: int) -> None:
         client = self.client
         for _ in range(n):
@@ -106,34 +134,12 @@ class Paths:
             client.set(key, RESULT_JSON, ex=TTL)
 
     def scripts(self, n: int) -> None:
-        from django_onceonly.stores.base import ClaimRequest
-
-        store, client, claim, finish = self.store, self.client, self.claim, self.finish
+        client, claim, finish = self.client, self.claim, self.finish
         for _ in range(n):
-            now = dt.datetime.now(dt.UTC)
-            token = secrets.token_hex(16)
-            request = ClaimRequest(
-                scope="",
-                key=new_key(),
-                token=token,
-                now=now,
-                lease_expires_at=now + dt.timedelta(seconds=LEASE),
-                after_lease="reclaim",
-            )
-            keys, args = store.claim_call(request)
+            (keys, args), (finish_keys, finish_args) = self.script_calls(new_key())
             reply = client.evalsha(claim.sha, len(keys), *keys, *args)
             assert reply[0] == b"acquired", reply
-            keys, args = store.finish_call(
-                "",
-                request.key,
-                token,
-                status="completed",
-                result_json=RESULT_JSON,
-                error="",
-                now=now,
-                expires_at=now + dt.timedelta(seconds=TTL),
-            )
-            assert client.evalsha(finish.sha, len(keys), *keys, *args) == 1
+            assert client.evalsha(finish.sha, len(finish_keys), *finish_keys, *finish_args) == 1
 
     def _string(self, n: int, marks: bool) -> None:
         store, client, finish = self.store, self.client, self.string_finish
@@ -175,11 +181,8 @@ class Paths:
 
 def call_costs(client: redis.Redis, paths: Paths, n: int) -> dict[str, float]:
     """Redis's own µs for one call of each kind: the median of ``n`` SLOWLOG durations."""
-    from django_onceonly.stores.base import ClaimRequest
-
     empty = client.script_load("return 1")
     set_nx = client.script_load("return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', 300000)")
-    store = paths.store
     durations: dict[str, list[int]] = {
         "SET NX (plain command)": [],
         "a script that only returns 1": [],
@@ -208,29 +211,12 @@ def call_costs(client: redis.Redis, paths: Paths, n: int) -> dict[str, float]:
             timed(names[0], "SET", key, "token", "NX", "PX", 300_000)
             timed(names[1], "EVALSHA", empty, 0)
             timed(names[2], "EVALSHA", set_nx, 1, f"{key}:s", "token")
-            now = dt.datetime.now(dt.UTC)
-            token = secrets.token_hex(16)
-            request = ClaimRequest(
-                scope="",
-                key=key,
-                token=token,
-                now=now,
-                lease_expires_at=now + dt.timedelta(seconds=LEASE),
-                after_lease="reclaim",
-            )
-            keys, args = store.claim_call(request)
+            (keys, args), (finish_keys, finish_args) = paths.script_calls(key)
             timed(names[3], "EVALSHA", paths.claim.sha, len(keys), *keys, *args)
-            keys, args = store.finish_call(
-                "",
-                key,
-                token,
-                status="completed",
-                result_json=RESULT_JSON,
-                error="",
-                now=now,
-                expires_at=now + dt.timedelta(seconds=TTL),
+            finished = timed(
+                names[4], "EVALSHA", paths.finish.sha, len(finish_keys), *finish_keys, *finish_args
             )
-            assert timed(names[4], "EVALSHA", paths.finish.sha, len(keys), *keys, *args) == 1
+            assert finished == 1
     finally:
         client.config_set("slowlog-log-slower-than", 10_000)
     return {name: statistics.median(values) for name, values in durations.items()}
