@@ -301,3 +301,28 @@ def test_reading_a_key_seen_taken_first_gives_the_scripts_answer(
     assert read_first.lease_expired == script.lease_expired
     assert read_first.record == script.record
     assert after_read_first == after_script
+
+
+@pytest.mark.services("redis")
+def test_the_keys_of_recent_records_are_remembered_and_still_right_past_the_bound(
+    store: RedisStore,
+) -> None:
+    from django_onceonly.stores.redis import KEYS_KEPT
+
+    first = store.keys("tenant", "order-1")
+    assert store.keys("tenant", "order-1") is first  # remembered: no second digest
+    assert store.keys("", "order-1") != first  # the scope is part of the name
+    names = [("s", f"k-{i}") for i in range(KEYS_KEPT * 2 + 5)]
+    computed = {name: store.keys(*name) for name in names}
+    assert len(store._known_keys) <= KEYS_KEPT
+    # Forgotten or not, every name still gets its own keys, in one slot's hash tag.
+    fresh = RedisStore(store.alias)
+    for name in (names[0], names[KEYS_KEPT], names[-1], ("tenant", "order-1")):
+        keys = fresh.keys(*name)
+        assert store.keys(*name) == keys
+        assert keys.record.startswith(keys.dirty.removesuffix("dirty"))
+    assert computed[names[0]] == fresh.keys(*names[0])
+    # And a claim, its completion and a duplicate check on a forgotten name all agree.
+    lock = check_lock(names[0][1], scope=names[0][0])
+    lock.complete({"sent": True})
+    assert check_lock(names[0][1], scope=names[0][0]).result == {"sent": True}

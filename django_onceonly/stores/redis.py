@@ -112,6 +112,8 @@ UNAVAILABLE_REPLIES = ("MASTERDOWN", "CLUSTERDOWN", "NOREPLICAS", "MISCONF")
 AUDIT_GRACE_MS = 300_000
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# How many records' keys a store remembers (see RedisStore.keys): under 1 KB each.
+KEYS_KEPT = 1024
 
 
 def to_micros(value: dt.datetime) -> int:
@@ -248,9 +250,11 @@ class RedisStore(BaseStore):
         self._guard = threading.Lock()
         self._conn: Redis | None = None
         self._prefix: tuple[str, str] | None = None  # made key of a shard, split at the shard
-        # The keys of the record named last: complete() after check_lock() names the same
-        # record, and this saves it a second digest. One entry, swapped whole (threads).
-        self._last_keys: tuple[str, str, RecordKeys] | None = None
+        # The keys of the records named recently, by (scope, key): complete() after
+        # check_lock() names the same record, and duplicates come in storms on the same
+        # keys; each saves a digest (about 2 µs). Threads only add to it, and it is
+        # emptied whole when full.
+        self._known_keys: dict[tuple[str, str], RecordKeys] = {}
         self._taken = TakenKeys()
 
     @property
@@ -281,9 +285,10 @@ class RedisStore(BaseStore):
         return str(caches[self.alias].make_key(name))
 
     def keys(self, scope: str, key: str) -> RecordKeys:
-        last = self._last_keys
-        if last is not None and last[1] == key and last[0] == scope:
-            return last[2]
+        name = (scope, key)
+        known = self._known_keys.get(name)
+        if known is not None:
+            return known
         member = member_name(scope, key)
         digest = hashlib.sha256(member.encode()).hexdigest()
         shard = digest[:2]
@@ -295,7 +300,9 @@ class RedisStore(BaseStore):
             member=member,
             shard=shard,
         )
-        self._last_keys = (scope, key, keys)
+        if len(self._known_keys) >= KEYS_KEPT:
+            self._known_keys.clear()
+        self._known_keys[name] = keys
         return keys
 
     def shard_keys(self, shard: str) -> tuple[str, str]:
