@@ -82,6 +82,8 @@ def test_compare_without_peers_prints_its_table_and_writes_its_json(tmp_path: Pa
     rows = {row["name"]: row for row in figures["rows"]}
     assert {row["category"] for row in rows.values()} == {"ours", "floors", "schema"}
     assert all(row["us_per_op"] > 0 for row in rows.values())
+    assert all(row["cpu_us_per_op"] >= 0 for row in rows.values())
+    assert "| x Powertools | client CPU µs/op |" in printed
     for name in (
         "ours RedisStore: check_lock + complete",
         "ours RedisStore: check_lock (replay)",
