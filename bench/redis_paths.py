@@ -290,6 +290,8 @@ def main() -> int:
         "--busy", action="store_true", help="keep a spinning process at the lowest priority"
     )
     args = parser.parse_args()
+    if args.n < 1 or args.rounds < 1:
+        parser.error("--n and --rounds must be at least 1")
     directory = tempfile.mkdtemp(prefix="onceonly-bench-paths-")
     process, port = start_redis(directory)
     try:

@@ -245,3 +245,22 @@ def test_redis_paths_measures_each_design_and_stops_its_server_and_spinner() -> 
     ):
         pass
     assert spinners() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--n", "0"), "--n and --rounds must be at least 1"),
+        (("--rounds", "-1"), "--n and --rounds must be at least 1"),
+        (("--n", "ten"), "argument --n: invalid int value: 'ten'"),
+    ],
+)
+def test_redis_paths_refuses_a_size_it_cannot_measure_before_starting_a_server(
+    args: tuple[str, str], error: str
+) -> None:
+    done = run("redis_paths.py", *args)
+
+    assert done.returncode == 2
+    assert error in done.stderr
+    assert "redis-server" not in done.stdout
+    assert spinners() == []
